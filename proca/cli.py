@@ -1,0 +1,406 @@
+"""The ``proca`` command line: a thin Typer layer over the library.
+
+Each command parses and validates its options, then calls one library function. Heavy modules
+(torch, the engine) are imported inside the commands so that ``proca --help`` stays fast.
+User errors (:class:`proca.errors.ProcaError`) become one red line and exit status 2;
+``proca --debug COMMAND`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from proca import __version__
+
+app = typer.Typer(
+    name="proca",
+    help="Prototypical Contrast Adaptation for domain-adaptive semantic segmentation "
+    "(GTA5 / SYNTHIA -> Cityscapes).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"proca {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn user errors into one red line and exit status 2 (130 on Ctrl-C)."""
+    from proca.errors import ProcaError
+
+    try:
+        yield
+    except ProcaError as err:
+        if _state["debug"]:
+            raise
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print("[yellow]interrupted[/]: nothing half-written was left behind.")
+        raise typer.Exit(130) from None
+
+
+def _parse_size(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not HxW, for example 512x1024") from None
+    if h <= 0 or w <= 0:
+        raise typer.BadParameter(f"{value!r}: height and width must be positive")
+    return h, w
+
+
+def _parse_scales(value: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of positive floats such as ``0.5,0.75,1``."""
+    try:
+        scales = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise typer.BadParameter(f"{value!r}: give at least one scale, all positive")
+    return scales
+
+
+class SourceName(str, Enum):
+    gtav = "gtav"
+    synthia = "synthia"
+
+
+class TargetName(str, Enum):
+    cityscapes = "cityscapes"
+
+
+class Stage(str, Enum):
+    all = "all"
+    source = "source"
+    prototypes = "prototypes"
+    proca = "proca"
+    pseudo_label = "pseudo-label"
+    ssl = "ssl"
+
+
+class Method(str, Enum):
+    prototype = "prototype"
+    memory_bank = "memory-bank"
+
+
+class Amp(str, Enum):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class EvalFormat(str, Enum):
+    labelid = "labelid"
+    trainid = "trainid"
+    color = "color"
+
+
+class InferFormat(str, Enum):
+    color = "color"
+    overlay = "overlay"
+    labelid = "labelid"
+    trainid = "trainid"
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.")]
+SizeOpt = Annotated[
+    Optional[str], typer.Option("--input-size", help="Network input size HxW (default: the checkpoint's).")
+]
+ScalesOpt = Annotated[str, typer.Option("--scales", help="Comma-separated test scales, e.g. 0.5,0.75,1,1.25,1.5,1.75.")]
+FlipOpt = Annotated[bool, typer.Option("--flip", help="Also average horizontally flipped predictions.")]
+CkptArg = Annotated[
+    Path, typer.Argument(help="A proca .safetensors checkpoint or a released .pth file.", exists=True, dir_okay=False)
+]
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write gtav/, synthia/ and cityscapes/ into.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same files.")] = 0,
+    train: Annotated[int, typer.Option("--train", min=1, help="Training images per dataset.")] = 160,
+    val: Annotated[int, typer.Option("--val", min=1, help="Cityscapes-style validation images.")] = 40,
+    size: Annotated[str, typer.Option("--size", help="Image size HxW.")] = "256x512",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
+) -> None:
+    """Write synthetic driving scenes in the real GTA5, SYNTHIA and Cityscapes on-disk formats."""
+    hw = _parse_size(size)
+    assert hw is not None
+    with _user_errors():
+        from proca.data.synthetic import write_synthetic_datasets
+
+        write_synthetic_datasets(out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True)
+
+
+@app.command("label-info")
+def label_info(
+    dataset: Annotated[SourceName, typer.Argument(help="Source dataset whose labels to scan.")],
+    root: Annotated[Path, typer.Option("--root", help="Dataset root, e.g. datasets/gtav.")],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
+    ] = None,
+    list_file: Annotated[
+        Optional[Path], typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+) -> None:
+    """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling."""
+    with _user_errors():
+        from proca.data.label_info import run_label_info
+
+        run_label_info(dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad)
+
+
+@app.command()
+def train(
+    src: Annotated[SourceName, typer.Option("--src", help="Labelled source dataset.")] = SourceName.gtav,
+    tgt: Annotated[TargetName, typer.Option("--tgt", help="Unlabelled target dataset.")] = TargetName.cityscapes,
+    data_root: Annotated[Path, typer.Option("--data-root", help="Folder holding gtav/, synthia/, cityscapes/.")] = Path(
+        "datasets"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.")] = Path(
+        "runs/proca"
+    ),
+    stage: Annotated[Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).")] = Stage.all,
+    method: Annotated[Method, typer.Option("--method", help="Adaptation loss.")] = Method.prototype,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.")] = None,
+    backbone_weights: Annotated[
+        Optional[Path], typer.Option("--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.")
+    ] = None,
+    input_size: Annotated[
+        Optional[str], typer.Option("--input-size", help="Training and evaluation input size HxW (small data).")
+    ] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Length of every stage (smoke runs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Global batch size.")] = None,
+    checkpoint_every: Annotated[
+        Optional[int], typer.Option("--checkpoint-every", min=1, help="Save resumable state every N iterations.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    device: DeviceOpt = "auto",
+    gpus: Annotated[int, typer.Option("--gpus", min=0, help="CUDA GPUs per node (launches torchrun).")] = 0,
+    nproc: Annotated[int, typer.Option("--nproc", min=0, help="CPU processes with gloo (launches torchrun).")] = 0,
+    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Nodes for multi-node runs.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This node's rank.")] = 0,
+    rdzv_endpoint: Annotated[
+        Optional[str], typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).")
+    ] = None,
+    amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision.")] = Amp.none,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Use channels_last memory format.")] = False,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="TOML, JSON or YAML config file.", exists=True, dir_okay=False)
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a config key: --set proca.tau=0.1 (repeatable).")
+    ] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable images and labels.")] = False,
+) -> None:
+    """Run the ProCA recipe: source-only, prototypes, ProCA, pseudo labels, self-training."""
+    with _user_errors():
+        from proca.engine.train import run_train
+
+        run_train(
+            src=src.value,
+            tgt=tgt.value,
+            data_root=data_root,
+            out=out,
+            stage=stage.value,
+            method=method.value,
+            arch=arch,
+            backbone_weights=backbone_weights,
+            input_size=_parse_size(input_size),
+            iters=iters,
+            batch_size=batch_size,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            force=force,
+            seed=seed,
+            device=device,
+            gpus=gpus,
+            nproc=nproc,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint,
+            amp=amp.value,
+            channels_last=channels_last,
+            config=config,
+            overrides=list(set_ or []),
+            skip_bad=skip_bad,
+        )
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    checkpoint: CkptArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for train-id PNGs and thresholds.json.")],
+    data_root: Annotated[Path, typer.Option("--data-root", help="Cityscapes root.")] = Path("datasets/cityscapes"),
+    split: Annotated[str, typer.Option("--split", help="Cityscapes split to label.")] = "train",
+    percent: Annotated[
+        float, typer.Option("--percent", min=0.0, max=1.0, help="Per-class confidence percentile.")
+    ] = 0.6,
+    cap: Annotated[float, typer.Option("--cap", min=0.0, max=1.0, help="Upper bound of each class threshold.")] = 0.9,
+    input_size: SizeOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
+) -> None:
+    """Write pseudo labels for the target split with per-class percentile thresholds."""
+    with _user_errors():
+        from proca.engine.pseudo_label import run_pseudo_label
+
+        run_pseudo_label(
+            checkpoint,
+            data_root=data_root,
+            split=split,
+            out=out,
+            percent=percent,
+            cap=cap,
+            input_size=_parse_size(input_size),
+            device=device,
+            batch_size=batch_size,
+            force=force,
+        )
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: CkptArg,
+    data_root: Annotated[Path, typer.Option("--data-root", help="Cityscapes root.")] = Path("datasets/cityscapes"),
+    split: Annotated[str, typer.Option("--split", help="Cityscapes split.")] = "val",
+    scales: ScalesOpt = "1",
+    flip: FlipOpt = False,
+    input_size: SizeOpt = None,
+    save_predictions: Annotated[
+        Optional[Path], typer.Option("--save-predictions", help="Write one prediction PNG per image here.")
+    ] = None,
+    fmt: Annotated[EvalFormat, typer.Option("--format", help="Format of saved predictions.")] = EvalFormat.labelid,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write IoU chart, confusion matrix and examples here.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+) -> None:
+    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models)."""
+    with _user_errors():
+        from proca.engine.evaluate import run_eval
+
+        run_eval(
+            checkpoint,
+            data_root=data_root,
+            split=split,
+            scales=_parse_scales(scales),
+            flip=flip,
+            input_size=_parse_size(input_size),
+            save_predictions=save_predictions,
+            fmt=fmt.value,
+            json_path=json_path,
+            report_dir=report,
+            device=device,
+            batch_size=batch_size,
+        )
+
+
+@app.command()
+def infer(
+    checkpoint: CkptArg,
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    scales: ScalesOpt = "1",
+    flip: FlipOpt = False,
+    fmt: Annotated[InferFormat, typer.Option("--format", help="What to write per image.")] = InferFormat.color,
+    input_size: SizeOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+) -> None:
+    """Segment your own images: coloured masks, overlays, or raw ids."""
+    with _user_errors():
+        from proca.engine.infer import run_infer
+
+        run_infer(
+            checkpoint,
+            inputs,
+            out=out,
+            scales=_parse_scales(scales),
+            flip=flip,
+            fmt=fmt.value,
+            input_size=_parse_size(input_size),
+            device=device,
+            batch_size=batch_size,
+        )
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="A released ProCA/FADA/SDCA .pth checkpoint.", exists=True, dir_okay=False)],
+    dst: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    class_set: Annotated[
+        Optional[str], typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
+    ] = None,
+) -> None:
+    """Convert a released .pth checkpoint into a proca .safetensors checkpoint."""
+    with _user_errors():
+        from proca.models.legacy import run_convert
+
+        run_convert(src, dst, class_set=class_set)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path(
+        "proca-demo"
+    ),
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the demo's results as JSON.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
+) -> None:
+    """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes."""
+    with _user_errors():
+        from proca.engine.demo import run_demo
+
+        run_demo(out=out, seed=seed, json_path=json_path, force=force)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

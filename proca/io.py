@@ -1,0 +1,68 @@
+"""Atomic file output shared by every part of proca.
+
+Everything proca writes (checkpoints, training state, label info, JSON reports, prediction
+PNGs) goes through :func:`atomic_write`: the bytes land in a temporary file next to the target,
+are flushed to disk, and only then renamed over the target. A process killed at any point leaves
+either the old file or the complete new one, never a truncated file that loads as valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Literal
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_image_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file that replaces ``path`` when the ``with`` block ends without error.
+
+    The parent folder is created when missing. On an exception the temporary file is removed and
+    ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        encoding = "utf-8" if mode == "w" else None
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
+    """Serialise ``obj`` as JSON and write it to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def save_image_atomic(image: Any, path: str | os.PathLike[str], **save_kwargs: Any) -> None:
+    """Save a ``PIL.Image.Image`` atomically; the format follows the suffix of ``path``."""
+    fmt = Path(path).suffix.lstrip(".").upper() or "PNG"
+    fmt = {"JPG": "JPEG"}.get(fmt, fmt)
+    with atomic_write(path, "wb") as handle:
+        image.save(handle, format=fmt, **save_kwargs)
