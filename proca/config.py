@@ -1,0 +1,557 @@
+"""Training configuration: one pydantic model per stage, the released presets as data, and overrides.
+
+The presets (:data:`PRESETS`) hold every hyper-parameter of the authors' released recipe
+(``configs/{gta5,synthia}/deeplabv2_r101_{src,proca,ssl}.yaml`` and ``run_proca_resnet101_*.sh``).
+They are the only place training defaults live. A run's configuration is resolved in this order,
+each layer overriding the previous one:
+
+1. the preset for ``--src``/``--tgt``;
+2. ``--config FILE`` (TOML, JSON or YAML; any subset of keys, nested like the models below);
+3. ``--set key.path=value`` (the value is parsed as a YAML/JSON scalar or list);
+4. the direct CLI options (``--arch``, ``--iters``, ``--batch-size``, ``--input-size``, ...).
+
+Unknown keys are errors (``extra="forbid"``) that name the key and suggest the closest valid one.
+Sizes are ``[H, W]`` everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proca.errors import ConfigError
+
+__all__ = [
+    "PRESETS",
+    "EvalConfig",
+    "ProcaStageConfig",
+    "PrototypeStageConfig",
+    "PseudoLabelStageConfig",
+    "SelfTrainingStageConfig",
+    "SourceStageConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_keys",
+    "load_config_file",
+    "preset",
+    "resolve_config",
+]
+
+Size = tuple[int, int]
+CheckpointChoice = Literal["last", "best"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _check_size(value: Size) -> Size:
+    if value[0] <= 0 or value[1] <= 0:
+        raise ValueError(f"sizes are [H, W] with positive entries, got {list(value)}")
+    return value
+
+
+class _SolverFields(_Model):
+    """Optimiser and schedule fields shared by the three training stages.
+
+    ``lr = lr * (1 - it / poly_iters) ** poly_power`` for the backbone, ``head_lr_mult`` times that for
+    the classifier head; training stops after ``iters`` iterations (the release stops the source stage
+    at 20,000 of a 31,250-iteration schedule).
+    """
+
+    iters: int = Field(gt=0, description="Iterations the stage runs (the release's STOP_ITER).")
+    poly_iters: int | None = Field(None, gt=0, description="Length of the poly schedule (MAX_ITER); None: iters.")
+    lr: float = Field(gt=0, description="Base learning rate of the backbone.")
+    head_lr_mult: float = Field(10.0, gt=0, description="Learning-rate multiplier of the classifier head.")
+    poly_power: float = Field(0.9, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(8, gt=0, description="Global images per step (all processes together).")
+    per_device_batch: int | None = Field(
+        None, gt=0, description="Most images per forward pass on one device; smaller means gradient accumulation."
+    )
+    eval_every: int = Field(1000, ge=0, description="Validate every N iterations (0: only at the end).")
+
+    @model_validator(mode="after")
+    def _schedule_covers_stop(self) -> _SolverFields:
+        if self.poly_iters is not None and self.poly_iters < self.iters:
+            raise ValueError(
+                f"poly_iters ({self.poly_iters}) must be >= iters ({self.iters}): the schedule would go negative"
+            )
+        return self
+
+    @property
+    def schedule_length(self) -> int:
+        """Iterations of the poly schedule."""
+        return self.poly_iters if self.poly_iters is not None else self.iters
+
+
+class SourceStageConfig(_SolverFields):
+    """Stage 1, source only: cross entropy + ``lovasz_weight`` * Lovasz-softmax, class-balanced sampling."""
+
+    iters: int = Field(20_000, gt=0)
+    poly_iters: int | None = Field(31_250, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    input_size: Size = Field((720, 1280), description="Source resize [H, W] (GTA5 1280x720, SYNTHIA 1280x760).")
+    lovasz_weight: float = Field(0.75, ge=0)
+    color_jitter: bool = Field(False, description="Colour jitter, grayscale and blur on the source (off as released).")
+    class_balanced: bool = Field(True, description="Class-balanced source sampling from the label info.")
+
+    _size = field_validator("input_size")(_check_size)
+
+
+class PrototypeStageConfig(_Model):
+    """Stage 2, prototype init: one eval-mode pass over the source train set with stage 1's model."""
+
+    init_from: CheckpointChoice = Field("last", description="Which stage-1 checkpoint to use (release: last).")
+    input_size: Size = (720, 1280)
+    batch_size: int = Field(1, gt=0, description="Images per forward pass (the release uses 1).")
+    max_images: int | None = Field(None, gt=0, description="Only use the first N source images (None: all).")
+
+    _size = field_validator("input_size")(_check_size)
+
+
+class ProcaStageConfig(_SolverFields):
+    """Stage 3, ProCA adaptation: supervised source loss + feature- and output-level prototype contrast.
+
+    ``batch_size`` counts source and target images together (the release's ``BATCH_SIZE // 2`` of
+    each): 8 means 4 source + 4 target images per step, 1 + 1 per GPU on 4 GPUs.
+    """
+
+    init_from: CheckpointChoice = Field("last", description="Which stage-1 checkpoint to start from (release: last).")
+    iters: int = Field(90_000, gt=0)
+    poly_iters: int | None = Field(90_000, gt=0)
+    lr: float = Field(2.5e-4, gt=0)
+    source_size: Size = (720, 1280)
+    target_size: Size = (512, 1024)
+    color_jitter: bool = Field(True, description="Source colour jitter (0.5, 0.5, 0.5, 0.2), grayscale 0.2, blur.")
+    class_balanced: bool = True
+    lovasz_weight: float = Field(0.75, ge=0)
+    threshold: float = Field(0.9, description="Target pixels keep their argmax where the max score >= this.")
+    threshold_mode: Literal["logit", "prob"] = Field("logit", description="The release compares the raw logit.")
+    lambda_feat: float = Field(1.0, ge=0, description="Weight of the feature-level contrastive terms.")
+    lambda_out: float = Field(1.0, ge=0, description="Weight of the output-level contrastive terms.")
+    multi_level: bool = Field(True, description="Use the output-level prototypes too (release: MULTI_LEVEL).")
+    temperature: float = Field(50.0, gt=0, description="tau; logits = cos / tau (released 50, see docs).")
+    prototype_momentum: float | None = Field(
+        None, ge=0, lt=1, description="None: count-weighted running mean (release); else EMA with this momentum."
+    )
+
+    _size = field_validator("source_size", "target_size")(_check_size)
+
+    @model_validator(mode="after")
+    def _even_batch(self) -> ProcaStageConfig:
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise ValueError(f"batch_size ({self.batch_size}) must be even: half source, half target images")
+        return self
+
+
+class PseudoLabelStageConfig(_Model):
+    """Stage 4, pseudo labels: per-class confidence percentile thresholds, capped."""
+
+    init_from: CheckpointChoice = Field(
+        "best", description="Which stage-3 checkpoint labels the target (the release script uses model_best.pth)."
+    )
+    percent: float = Field(0.6, ge=0, le=1)
+    cap: float = Field(0.9, gt=0, le=1)
+    input_size: Size = (512, 1024)
+    batch_size: int = Field(1, gt=0)
+
+    _size = field_validator("input_size")(_check_size)
+
+
+class SelfTrainingStageConfig(_SolverFields):
+    """Stage 5, self-training: a fresh ImageNet-initialised model, cross entropy on the pseudo labels."""
+
+    iters: int = Field(90_000, gt=0)
+    poly_iters: int | None = Field(90_000, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    init: Literal["imagenet", "proca"] = Field("imagenet", description="imagenet: fresh model as released.")
+    input_size: Size = Field((512, 1024), description="Resize before random scaling, and the crop size.")
+    scale: tuple[float, float] = (0.5, 1.5)
+    flip: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability (applied by the transform).")
+    color_jitter: bool = True
+
+    _size = field_validator("input_size")(_check_size)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"scale must be [low, high] with 0 < low <= high, got {list(value)}")
+        return value
+
+
+class EvalConfig(_Model):
+    """Validation on the target val split between and after stages."""
+
+    input_size: Size = (512, 1024)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    batch_size: int = Field(1, gt=0)
+    max_images: int | None = Field(None, gt=0, description="Only evaluate the first N val images (None: all).")
+
+    _size = field_validator("input_size")(_check_size)
+
+
+class TrainConfig(_Model):
+    """The whole recipe: data, model, run-time options and one sub-model per stage."""
+
+    src: Literal["gtav", "synthia"] = "gtav"
+    tgt: Literal["cityscapes"] = "cityscapes"
+    class_set: Literal["cityscapes19", "synthia16"] = "cityscapes19"
+    method: Literal["prototype"] = "prototype"
+    arch: str = "deeplabv2_resnet101"
+    norm: Literal["batch", "frozen"] = "batch"
+    seed: int = 0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    deterministic: bool = Field(True, description="Deterministic kernels (exact resume on CPU).")
+    num_workers: int = Field(4, ge=0, description="DataLoader worker processes per training process.")
+    checkpoint_every: int = Field(1000, gt=0, description="Write resumable state every N iterations.")
+    log_every: int = Field(20, gt=0)
+    max_nonfinite: int = Field(5, gt=0, description="Stop after this many non-finite losses in a row.")
+    source: SourceStageConfig = Field(default_factory=SourceStageConfig)
+    prototypes: PrototypeStageConfig = Field(default_factory=PrototypeStageConfig)
+    proca: ProcaStageConfig = Field(default_factory=ProcaStageConfig)
+    pseudo_label: PseudoLabelStageConfig = Field(default_factory=PseudoLabelStageConfig)
+    ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _class_set_matches_source(self) -> TrainConfig:
+        expected = "synthia16" if self.src == "synthia" else "cityscapes19"
+        if self.class_set != expected:
+            raise ValueError(f"class_set {self.class_set!r} does not fit src {self.src!r}; use {expected!r}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model predicts."""
+        return 16 if self.class_set == "synthia16" else 19
+
+
+def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
+    size = [720, 1280] if src == "gtav" else [760, 1280]
+    return {
+        "src": src,
+        "tgt": "cityscapes",
+        "class_set": "cityscapes19" if src == "gtav" else "synthia16",
+        "method": "prototype",
+        "arch": "deeplabv2_resnet101",
+        "norm": "batch",
+        "seed": 0,
+        "amp": "none",
+        "channels_last": False,
+        "deterministic": True,
+        "num_workers": 4,
+        "checkpoint_every": 1000,
+        "log_every": 20,
+        "max_nonfinite": 5,
+        "source": {
+            "iters": 20_000,
+            "poly_iters": 31_250,
+            "lr": 5e-4,
+            "head_lr_mult": 10.0,
+            "poly_power": 0.9,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "batch_size": 8,
+            "per_device_batch": None,
+            "eval_every": 1000,
+            "input_size": size,
+            "lovasz_weight": 0.75,
+            "color_jitter": False,
+            "class_balanced": True,
+        },
+        "prototypes": {"init_from": "last", "input_size": size, "batch_size": 1, "max_images": None},
+        "proca": {
+            "init_from": "last",
+            "iters": 90_000,
+            "poly_iters": 90_000,
+            "lr": 2.5e-4,
+            "head_lr_mult": 10.0,
+            "poly_power": 0.9,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "batch_size": 8,
+            "per_device_batch": None,
+            "eval_every": 1000,
+            "source_size": size,
+            "target_size": [512, 1024],
+            "color_jitter": True,
+            "class_balanced": True,
+            "lovasz_weight": 0.75,
+            "threshold": 0.9,
+            "threshold_mode": "logit",
+            "lambda_feat": 1.0,
+            "lambda_out": 1.0,
+            "multi_level": True,
+            "temperature": 50.0,
+            "prototype_momentum": None,
+        },
+        "pseudo_label": {"init_from": "best", "percent": 0.6, "cap": 0.9, "input_size": [512, 1024], "batch_size": 1},
+        "ssl": {
+            "iters": 90_000,
+            "poly_iters": 90_000,
+            "lr": 5e-4,
+            "head_lr_mult": 10.0,
+            "poly_power": 0.9,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "batch_size": 8,
+            "per_device_batch": None,
+            "eval_every": 1000,
+            "init": "imagenet",
+            "input_size": [512, 1024],
+            "scale": [0.5, 1.5],
+            "flip": 0.5,
+            "color_jitter": True,
+        },
+        "eval": {"input_size": [512, 1024], "scales": [1.0], "flip": False, "batch_size": 1, "max_images": None},
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gtav->cityscapes": _preset("gtav"),
+    "synthia->cityscapes": _preset("synthia"),
+}
+"""The released recipes as plain data, keyed ``"<src>-><tgt>"``."""
+
+
+def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
+    """Return a deep copy of the preset for ``src -> tgt`` as a plain dict.
+
+    Raises:
+        ConfigError: no preset for that pair.
+    """
+    key = f"{src}->{tgt}"
+    if key not in PRESETS:
+        raise ConfigError(f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)}.")
+    return copy.deepcopy(PRESETS[key])
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is Union:
+        for arg in get_args(annotation):
+            sub = _submodel(arg)
+            if sub is not None:
+                return sub
+    return None
+
+
+def config_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    """Every valid dotted key of ``model`` (leaves and sections), e.g. ``proca.temperature``."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            keys.extend(config_keys(sub, f"{path}."))
+    return keys
+
+
+def _unknown_key_error(path: str, valid_here: Iterable[str], source: str) -> ConfigError:
+    valid_here = list(valid_here)
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    leaf = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid_here, n=1, cutoff=0.5)
+    if not close:
+        close_full = difflib.get_close_matches(path, config_keys(), n=1, cutoff=0.6)
+        hint = f"did you mean {close_full[0]!r}?" if close_full else f"valid keys here: {', '.join(valid_here)}."
+    else:
+        hint = f"did you mean {parent + close[0]!r}?"
+    return ConfigError(f"unknown config key {path!r} ({source}); {hint}")
+
+
+def _check_keys(data: Mapping[str, Any], model: type[BaseModel], source: str, prefix: str = "") -> None:
+    fields = model.model_fields
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise _unknown_key_error(path, fields, source)
+        sub = _submodel(fields[key].annotation)
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {path!r} ({source}) is a section; give a table/mapping of its keys.")
+            _check_keys(value, sub, source, f"{path}.")
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``), JSON (``.json``) or YAML (``.yaml``/``.yml``) config file into a dict.
+
+    Raises:
+        ConfigError: unknown suffix, unreadable file or a syntax error.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read the file ({err.strerror}).") from None
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"--config {path}: unknown format {suffix!r}; use .toml, .json, .yaml or .yml.")
+    except ConfigError:
+        raise
+    except Exception as err:  # tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"--config {path}: not valid {suffix.lstrip('.').upper()} ({first}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a table/mapping of config keys.")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides in place (values parsed as YAML/JSON: ``0.1``, ``[512, 1024]``, ``null``).
+
+    Raises:
+        ConfigError: an override without ``=``, or a key that does not exist (with the closest valid key).
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not key.path=value, for example --set proca.temperature=0.1.")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        model: type[BaseModel] = TrainConfig
+        node = data
+        for depth, part in enumerate(parts):
+            path = ".".join(parts[: depth + 1])
+            if part not in model.model_fields:
+                raise _unknown_key_error(path, model.model_fields, f"--set {item}")
+            sub = _submodel(model.model_fields[part].annotation)
+            if depth == len(parts) - 1:
+                value = _parse_value(raw)
+                if sub is not None and not isinstance(value, Mapping):
+                    raise ConfigError(f"--set {item!r}: {path!r} is a section; set one of its keys, e.g. {path}.KEY=.")
+                node[part] = value
+            else:
+                if sub is None:
+                    raise ConfigError(f"--set {item!r}: {path!r} is a value, not a section.")
+                model = sub
+                node = node.setdefault(part, {})
+    return data
+
+
+def _validate(data: Mapping[str, Any], source: str) -> TrainConfig:
+    _check_keys(data, TrainConfig, source)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "config"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"config key {loc!r} ({source}): {msg}.") from None
+
+
+def resolve_config(
+    src: str = "gtav",
+    tgt: str = "cityscapes",
+    *,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    arch: str | None = None,
+    iters: int | None = None,
+    batch_size: int | None = None,
+    input_size: Size | None = None,
+    checkpoint_every: int | None = None,
+    seed: int | None = None,
+    amp: str | None = None,
+    channels_last: bool | None = None,
+    method: str | None = None,
+) -> TrainConfig:
+    """Resolve the run's configuration: preset, then ``config_file``, then ``overrides``, then the CLI options.
+
+    Args:
+        src, tgt: the dataset pair choosing the preset.
+        config_file: TOML/JSON/YAML with any subset of keys.
+        overrides: ``key.path=value`` strings (``--set``).
+        arch, batch_size, checkpoint_every, seed, amp, channels_last, method: direct CLI options (None: keep).
+        iters: every training stage's length; each stage's poly schedule keeps the preset's ratio
+            to its stop iteration (so the source stage still stops at 64% of its schedule).
+        input_size: ``(H, W)`` for every training, prototype, pseudo-label and evaluation size.
+
+    Raises:
+        ConfigError: unknown keys (with a suggestion), invalid values or cross-field violations.
+    """
+    data = preset(src, tgt)
+    if config_file is not None:
+        loaded = load_config_file(config_file)
+        _check_keys(loaded, TrainConfig, f"--config {config_file}")
+        _deep_merge(data, loaded)
+    apply_overrides(data, overrides)
+    if arch is not None:
+        data["arch"] = arch
+    if method is not None:
+        data["method"] = method
+    if seed is not None:
+        data["seed"] = seed
+    if amp is not None:
+        data["amp"] = amp
+    if channels_last is not None:
+        data["channels_last"] = channels_last
+    if checkpoint_every is not None:
+        data["checkpoint_every"] = checkpoint_every
+    for stage in ("source", "proca", "ssl"):
+        section = data[stage]
+        if iters is not None:
+            old_iters, old_poly = section.get("iters"), section.get("poly_iters")
+            section["iters"] = iters
+            if old_poly is not None and old_iters:
+                section["poly_iters"] = max(iters, math.ceil(iters * old_poly / old_iters))
+        if batch_size is not None:
+            section["batch_size"] = batch_size
+    if input_size is not None:
+        size = [int(input_size[0]), int(input_size[1])]
+        data["source"]["input_size"] = size
+        data["prototypes"]["input_size"] = size
+        data["proca"]["source_size"] = size
+        data["proca"]["target_size"] = size
+        data["pseudo_label"]["input_size"] = size
+        data["ssl"]["input_size"] = size
+        data["eval"]["input_size"] = size
+    if data.get("method") not in (None, "prototype"):
+        raise ConfigError(
+            f"--method {data['method']}: only 'prototype' (the paper's ProCA) is trained by this version; "
+            "use --method prototype."
+        )
+    return _validate(data, "resolved config")
