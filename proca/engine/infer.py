@@ -1,0 +1,157 @@
+"""``proca infer``: segment your own photos (any size, files, folders or globs).
+
+Each photo is resized to the network input (by default the checkpoint's evaluation pixel count at the
+photo's own aspect ratio; ``--input-size`` forces one size), predicted at one or more scales (+ flip), and
+the prediction is upsampled to the photo's own size. Photos of equal size share a forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from proca.data.classes import ClassSet
+from proca.engine.device import resolve_device
+from proca.engine.inference import (
+    AsyncWriter,
+    PreparedDataset,
+    ProgressBar,
+    aspect_input_size,
+    default_num_workers,
+    iterate_batches,
+    load_for_inference,
+    predict_probs,
+)
+from proca.errors import ConfigError, DataError
+
+__all__ = ["INFER_FORMATS", "output_name", "overlay", "run_infer", "write_output"]
+
+INFER_FORMATS = ("color", "overlay", "labelid", "trainid")
+
+
+def overlay(photo: np.ndarray, train_ids: np.ndarray, class_set: ClassSet, *, alpha: float = 0.5) -> np.ndarray:
+    """Blend the class colours over the photo: ``(1 - alpha) * photo + alpha * colour`` (ignore: photo only).
+
+    Shape:
+        photo: (H, W, 3) uint8; train_ids: (H, W) -> (H, W, 3) uint8.
+    """
+    colors = class_set.colorize(train_ids).astype(np.float32)
+    base = photo.astype(np.float32)
+    a = np.where((np.asarray(train_ids) < class_set.num_classes)[..., None], alpha, 0.0).astype(np.float32)
+    return np.clip(base * (1 - a) + colors * a + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_output(
+    path: Path, train_ids: np.ndarray, class_set: ClassSet, fmt: str, photo: np.ndarray | None = None
+) -> None:
+    """Write one prediction atomically in ``fmt`` (color, overlay, labelid, trainid)."""
+    from proca.io import save_image_atomic
+
+    ids = np.asarray(train_ids, dtype=np.uint8)
+    if fmt == "color":
+        image = Image.fromarray(class_set.colorize(ids), mode="RGB")
+    elif fmt == "overlay":
+        assert photo is not None
+        image = Image.fromarray(overlay(photo, ids, class_set), mode="RGB")
+    elif fmt == "labelid":
+        image = Image.fromarray(class_set.train_to_label_ids(ids), mode="L")
+    elif fmt == "trainid":
+        image = Image.fromarray(ids, mode="P")
+        image.putpalette(class_set.palette())
+    else:
+        raise ConfigError(f"--format {fmt!r} is not an output format; valid: {', '.join(INFER_FORMATS)}.")
+    save_image_atomic(image, path)
+
+
+def output_name(name: str, path: str) -> str:
+    """Relative output name (without suffix) of an input: the dataset's name, else the file's stem."""
+    candidate = Path(name) if name else Path(Path(path).stem)
+    if candidate.is_absolute() or ".." in candidate.parts or not candidate.parts:
+        candidate = Path(Path(path).stem or "image")
+    if candidate.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}:
+        candidate = candidate.with_suffix("")
+    return candidate.as_posix()
+
+
+def _size_key(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError):
+        return (0, 0)
+
+
+def run_infer(
+    checkpoint: Path,
+    inputs: Sequence[str],
+    *,
+    out: Path,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    fmt: str = "color",
+    input_size: tuple[int, int] | None = None,
+    device: str = "auto",
+    batch_size: int = 1,
+    progress: bool = True,
+) -> list[Path]:
+    """Predict every input image and write ``out/<name>.png`` in ``fmt``.
+
+    Output names follow the inputs: ``photo.jpg`` -> ``out/photo.png``; images found inside a folder keep
+    their path relative to it. Two inputs with the same name get ``_1``, ``_2`` ... suffixes.
+
+    Returns:
+        The files written, in input order.
+    """
+    from proca.data.datasets import ImageFolderDataset
+
+    if fmt not in INFER_FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not an output format; valid: {', '.join(INFER_FORMATS)}.")
+    if not inputs:
+        raise DataError("no inputs given; name image files, folders or glob patterns.")
+    dataset = ImageFolderDataset(list(inputs))
+    if len(dataset) == 0:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}; give image files, folders or globs.")
+    dev = resolve_device(device)
+    model, class_set, meta = load_for_inference(checkpoint, dev)
+    reference = tuple(meta.get("eval_input_size") or (512, 1024))
+    reference = (int(reference[0]), int(reference[1]))
+
+    def size_fn(photo_size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(input_size) if input_size is not None else aspect_input_size(photo_size, reference)  # type: ignore[return-value]
+
+    prepared = PreparedDataset(dataset, size_fn=size_fn, keep_photo=fmt == "overlay")
+    files = [str(f) for f in getattr(dataset, "files", [])]
+    if len(files) == len(dataset):
+        order = sorted(range(len(dataset)), key=lambda i: (_size_key(files[i]), i))
+    else:
+        order = list(range(len(dataset)))
+    out = Path(out)
+    used: dict[str, int] = {}
+    written: dict[int, Path] = {}
+    with AsyncWriter() as writer, ProgressBar(len(order), "infer", enabled=progress) as bar:
+        for batch in iterate_batches(
+            prepared, batch_size=batch_size, indices=order, num_workers=default_num_workers(dev)
+        ):
+            probs = predict_probs(model, batch.images.to(dev), out_size=batch.out_size, scales=scales, flip=flip)
+            pred = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            del probs
+            for k, index in enumerate(batch.indices):
+                base = output_name(batch.names[k], batch.paths[k])
+                count = used.get(base, 0)
+                used[base] = count + 1
+                path = out / (f"{base}.png" if count == 0 else f"{base}_{count}.png")
+                written[index] = path
+                photo = None
+                if batch.photos is not None:
+                    photo = batch.photos[k].permute(1, 2, 0).contiguous().numpy()
+                writer.submit(write_output, path, pred[k], class_set, fmt, photo)
+            bar.advance(len(batch.names))
+    if progress:
+        from rich.console import Console
+
+        Console().print(f"wrote {len(written)} {fmt} image(s) to {out}")
+    return [written[i] for i in sorted(written)]

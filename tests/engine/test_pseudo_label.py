@@ -1,0 +1,197 @@
+"""Pseudo labels: histogram thresholds against the release's exact sort, application, files, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from proca.cli import app
+from proca.data.classes import CITYSCAPES_19, ClassSet
+from proca.engine.pseudo_label import (
+    ConfidenceHistogram,
+    apply_thresholds,
+    confidence_bins,
+    exact_thresholds,
+    generate_pseudo_labels,
+    pseudo_label_path,
+)
+from proca.errors import ConfigError
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def release_thresholds(prob: np.ndarray, label: np.ndarray, num_classes: int, percent: float, cap: float) -> np.ndarray:
+    """The release's PseudoLabel.get_threshold_const, re-typed here for the comparison."""
+    thres = []
+    for i in range(num_classes):
+        x = prob[label == i]
+        if len(x) == 0:
+            thres.append(0)
+            continue
+        x = np.sort(x)
+        thres.append(x[int(np.round(len(x) * percent))])
+    out = np.array(thres, dtype=np.float64)
+    out[out > cap] = cap
+    return out
+
+
+@pytest.mark.parametrize("percent", [0.0, 0.25, 0.5, 0.6, 0.95])
+@pytest.mark.parametrize("bins", [100, 10_000])
+def test_histogram_thresholds_vs_exact_sort(percent: float, bins: int) -> None:
+    g = torch.Generator().manual_seed(int(percent * 100) + bins)
+    num_classes = 6
+    probs = torch.softmax(torch.randn(3, num_classes, 40, 50, generator=g) * 3, dim=1)
+    conf, labels = probs.max(dim=1)
+    labels[labels == 5] = 4  # class 5 never predicted -> threshold 0
+    hist = ConfidenceHistogram(num_classes, bins=bins)
+    for i in range(3):
+        hist.update(conf[i], labels[i])
+    cap = 0.9
+    exact = exact_thresholds(conf, labels, num_classes, percent=percent, cap=cap)
+    ref = release_thresholds(conf.numpy(), labels.numpy(), num_classes, percent, cap)
+    assert np.allclose(exact.numpy(), ref)
+    approx = hist.thresholds(percent=percent, cap=cap)
+    assert approx[5] == 0 and exact[5] == 0
+    # The histogram threshold is the lower edge of the exact value's bin: within one bin width, never above.
+    assert torch.all(approx <= exact + 1e-7)
+    assert torch.all(exact - approx < 1.0 / bins + 1e-7)
+    # Kept pixels: a superset of the exact rule's, the extras only from the threshold's own bin.
+    tb = hist.threshold_bins(percent=percent, cap=cap)
+    kept = apply_thresholds(conf, labels, tb, bins) != 255
+    exact_kept = conf.double() >= exact[labels]
+    assert torch.all(kept | ~exact_kept)
+    extra = kept & ~exact_kept
+    assert torch.all(confidence_bins(conf[extra], bins) == tb[labels[extra]])
+
+
+def test_cap_and_counts() -> None:
+    hist = ConfidenceHistogram(2, bins=10)
+    conf = torch.tensor([0.95, 0.97, 0.99, 0.2, 0.3])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    hist.update(conf, labels)
+    assert hist.pixels.tolist() == [3, 2]
+    t = hist.thresholds(percent=0.5, cap=0.9)
+    assert t[0] == pytest.approx(0.9)  # capped (0.97 -> bin 9 = 0.9, cap bin 9)
+    assert t[1] == pytest.approx(0.3)  # round(0.5 * 2) = 1 -> 0.3 -> bin 3
+    out = apply_thresholds(conf, labels, hist.threshold_bins(percent=0.5, cap=0.9), 10)
+    assert out.tolist() == [0, 0, 0, 255, 1]
+    with pytest.raises(ConfigError):
+        ConfidenceHistogram(2, bins=1)
+
+
+def test_percent_one_does_not_overflow() -> None:
+    conf = torch.tensor([0.5, 0.6])
+    labels = torch.tensor([0, 0])
+    hist = ConfidenceHistogram(1, bins=1000)
+    hist.update(conf, labels)
+    assert hist.thresholds(percent=1.0, cap=1.0)[0] == pytest.approx(0.6)
+    assert exact_thresholds(conf, labels, 1, percent=1.0, cap=1.0)[0] == pytest.approx(0.6)
+
+
+class Bias(nn.Module):
+    """Stride-8 stand-in whose class scores follow the image's channels."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) * 4
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, samples: list[dict]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(self.samples[i])
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_generate_pseudo_labels_in_memory(tmp_path: Path, cache_bytes: int) -> None:
+    torch.manual_seed(0)
+    cs = ClassSet("tiny", ("road", "sidewalk", "building"))
+    samples = [
+        {
+            "image": torch.randn(3, 16, 32),
+            "label": torch.randint(0, 3, (32, 64)),
+            "name": f"c/c_{i:06d}_000019",
+            "path": "",
+        }
+        for i in range(3)
+    ]
+    stats = generate_pseudo_labels(
+        Bias(), ListDataset(samples), tmp_path, class_set=cs, input_size=None, progress=False, cache_bytes=cache_bytes
+    )
+    # Reference: the exact rule on the same probabilities at the label resolution.
+    from proca.engine.inference import predict_probs
+
+    probs = torch.cat([predict_probs(Bias(), s["image"][None], out_size=(32, 64)) for s in samples])
+    conf, labels = probs.max(1)
+    exact = exact_thresholds(conf, labels, 3, percent=0.6, cap=0.9)
+    assert np.allclose(stats.thresholds, exact.numpy(), atol=1e-4)
+    assert stats.pixels == torch.bincount(labels.reshape(-1), minlength=3).tolist()
+    written = np.stack([np.array(Image.open(pseudo_label_path(tmp_path, s["name"]))) for s in samples])
+    assert written.shape == (3, 32, 64)
+    assert Image.open(pseudo_label_path(tmp_path, samples[0]["name"])).mode == "P"
+    assert set(np.unique(written)) <= {0, 1, 2, 255}
+    assert [(written == c).sum() for c in range(3)] == stats.kept
+    keep = written != 255
+    assert np.array_equal(written[keep], labels.numpy()[keep])
+    info = json.loads((tmp_path / "thresholds.json").read_text())
+    assert info["percent"] == 0.6 and info["cap"] == 0.9 and info["max_threshold_error"] == 1e-4
+    assert set(info["classes"]) == set(cs.classes) and info["quality"]["miou"] >= 0
+    assert 0.3 < info["kept_fraction"] < 0.6
+
+
+@pytest.mark.slow
+def test_cli_pseudo_label_round_trip(tmp_path: Path) -> None:
+    from proca.models import build_model, save_model
+
+    data = tmp_path / "cityscapes"
+    rng = np.random.default_rng(0)
+    for k, city in enumerate(("aachen", "bochum")):
+        for sub, arr, suffix in (
+            ("leftImg8bit", rng.integers(0, 256, (32, 64, 3), dtype=np.uint8), "leftImg8bit"),
+            ("gtFine", rng.choice(np.array([0, 7, 8, 11, 21, 23, 26], dtype=np.uint8), (32, 64)), "gtFine_labelIds"),
+        ):
+            path = data / sub / "train" / city / f"{city}_{k:06d}_{19 + k:06d}_{suffix}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+    ckpt = tmp_path / "m.safetensors"
+    torch.manual_seed(0)
+    save_model(build_model("deeplabv2_resnet18", num_classes=19), ckpt, metadata={"eval_input_size": [16, 32]})
+    out = tmp_path / "pl"
+    result = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "threshold" in result.output
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert names == ["aachen/aachen_000000_000019.png", "bochum/bochum_000001_000020.png"]
+    from proca.data.datasets import PseudoLabelDataset
+
+    ds = PseudoLabelDataset(data, out, split="train", class_set=CITYSCAPES_19)
+    assert ds[0]["label"].shape == (32, 64)
+    again = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    forced = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out), "--force"])
+    assert forced.exit_code == 0, forced.output
