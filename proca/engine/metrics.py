@@ -43,24 +43,42 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_i
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from ground-truth shape {tuple(target.shape)}")
-    pred = pred.reshape(-1).long()
-    target = target.reshape(-1).to(device=pred.device, dtype=torch.long)
-    valid = (target >= 0) & (target < num_classes)
-    bad = ~valid & (target != ignore_index)
-    if bool(bad.any()):
-        values = torch.unique(target[bad]).tolist()[:5]
+    c = num_classes
+    p = pred.reshape(-1).long()
+    t = target.reshape(-1).to(device=p.device, dtype=torch.long)
+    if p.numel():
+        lo, hi = (int(v) for v in torch.aminmax(p))
+        if lo < 0 or hi >= c:
+            raise ValueError(f"predictions must be train ids in [0, {c}); got {lo}..{hi}")
+    # One bincount of t * C + p over all pixels: row t of the result counts ground-truth value t, so rows
+    # 0..C-1 are the matrix, row ``ignore_index`` is dropped and any other non-empty row is bad input.
+    rows = max(c, ignore_index + 1) if 0 <= ignore_index < 4096 else c
+    idx = t * c + p
+    if not 0 <= ignore_index < 4096:
+        idx = torch.where(t == ignore_index, (c + 1) * c, idx)  # an exotic ignore value: move it past row C
+        rows = c + 2
+    try:
+        counts = torch.bincount(idx, minlength=rows * c)
+    except RuntimeError:  # negative ground truth
+        counts = None
+    if counts is None or counts.numel() > rows * c or _has_stray_rows(counts.reshape(rows, c), c, ignore_index):
+        bad = t[((t < 0) | (t >= c)) & (t != ignore_index)]
+        values = torch.unique(bad).tolist()[:5]
         raise DataError(
-            f"ground truth holds values {values} that are neither train ids 0..{num_classes - 1} nor {ignore_index}; "
+            f"ground truth holds values {values} that are neither train ids 0..{c - 1} nor {ignore_index}; "
             "check that the labels were mapped to this class set."
         )
-    pred = pred[valid]
-    target = target[valid]
-    if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
-        raise ValueError(
-            f"predictions must be train ids in [0, {num_classes}); got {int(pred.min())}..{int(pred.max())}"
-        )
-    counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    return counts[: c * c].reshape(c, c)
+
+
+def _has_stray_rows(rows: Tensor, c: int, ignore_index: int) -> bool:
+    """Whether any row other than the classes' and the ignore value's holds pixels."""
+    sums = rows[c:].sum(dim=1)
+    if 0 <= ignore_index - c < sums.numel():
+        sums[ignore_index - c] = 0
+    elif sums.numel() == 2:  # exotic ignore value parked in row C + 1
+        sums[1] = 0
+    return bool(sums.any())
 
 
 def nanmean(values: Sequence[float]) -> float:

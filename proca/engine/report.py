@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from proca.data.classes import ClassSet
+from proca.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from proca.io import save_image_atomic
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ __all__ = [
     "write_report",
 ]
 
-_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.array(IMAGENET_STD, dtype=np.float32)
 _BG = (255, 255, 255)
 _INK = (30, 30, 30)
 _GRID = (225, 225, 225)

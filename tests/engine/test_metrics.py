@@ -168,3 +168,11 @@ def test_all_reduce_sums_over_ranks() -> None:
     for p in procs:
         p.join(timeout=60)
     assert results[0] == results[1] == [[1, 1], [0, 0]]
+
+
+def test_other_ignore_values_and_stray_ground_truth() -> None:
+    cm = confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([-1, 1, -1]), 2, ignore_index=-1)
+    assert cm.tolist() == [[0, 0], [0, 1]]
+    for bad in ([0, 300], [0, -3], [0, 2]):
+        with pytest.raises(DataError, match="neither train ids"):
+            confusion_matrix(torch.tensor([0, 1]), torch.tensor(bad), 2)
