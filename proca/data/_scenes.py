@@ -276,9 +276,8 @@ class _Scene:
         self.palette = _lerp(base, _TGT, self.t)
         self.canvas = _Canvas(self.h, self.w)
         self.n_inst = 0
-        ys = np.arange(self.h, dtype=np.float32) + 0.5
-        xs = np.arange(self.w, dtype=np.float32) + 0.5
-        self.yy, self.xx = np.meshgrid(ys, xs, indexing="ij")
+        self.ys = np.arange(self.h, dtype=np.float32) + 0.5
+        self.xs = np.arange(self.w, dtype=np.float32) + 0.5
 
     # ---- colours -------------------------------------------------------------------------------
     def _pick(self, table: dict[str, np.ndarray], jitter: float = 0.06) -> np.ndarray:
@@ -319,18 +318,19 @@ class _Scene:
         c = self.canvas
         top = self._col(SKY, 0.04)
         bottom = np.clip(top * 1.25 + 0.08, 0, 1)
-        a = np.clip(self.yy / max(self.yh, 1.0), 0, 1)[..., None]
+        a = np.clip(self.ys / max(self.yh, 1.0), 0, 1)[:, None, None]
         c.color[:] = top * (1 - a) + bottom * a
         c.label[:] = _ID["sky"]
         c.mat[:] = SKY
 
     def _ground(self) -> None:
         c, rng = self.canvas, self.rng
-        below = self.yy > self.yh + 0.5
-        dy = np.where(below, self.yy - self.yh, 1.0)
-        z = self.f * self.hcam / dy
-        x = (self.xx - self.xv) * z / self.f
-        visible = below & (z < c.depth)
+        r0 = min(self.h, max(0, int(np.floor(self.yh + 0.5))))  # first row that can be below the horizon
+        rows = self.ys[r0:]
+        below = (rows > self.yh + 0.5)[:, None]
+        z = (self.f * self.hcam / np.where(rows > self.yh + 0.5, rows - self.yh, 1.0))[:, None]  # (h, 1)
+        x = (self.xs[None, :] - self.xv) * z / self.f  # (h, W)
+        visible = below & (z < c.depth[r0:])
         road = (x >= self.road_l) & (x <= self.road_r)
         side = ((x < self.road_l) & (x >= self.road_l - self.sw_l)) | (
             (x > self.road_r) & (x <= self.road_r + self.sw_r)
@@ -340,8 +340,9 @@ class _Scene:
         # Lane marks: dashed lines on the lane boundaries, solid lines along the kerbs; at least
         # ``min_px / 2`` pixels wide so they stay visible far away.
         half = np.maximum(0.08, 0.5 * self.min_px * z / self.f)
-        lane_x = self.road_l + self.lane_w * np.arange(1, self.lanes)
-        dist = np.min(np.abs(x[..., None] - lane_x), axis=-1) if lane_x.size else np.full_like(x, np.inf)
+        dist = np.full_like(x, np.inf)
+        for lane_x in self.road_l + self.lane_w * np.arange(1, self.lanes):
+            dist = np.minimum(dist, np.abs(x - lane_x))
         dash = np.mod(z + rng.uniform(0, 9), 9.0) < 4.0
         marks = road & dash & (dist < half)
         edge = road & ((np.abs(x - self.road_l - 0.3) < half) | (np.abs(x - self.road_r + 0.3) < half))
@@ -351,11 +352,11 @@ class _Scene:
         tile = 1.2 - 0.7 * self.t
         joints = side & ((np.mod(x, tile) < 0.06) | (np.mod(z, tile) < 0.06 * (1 + z / 20)))
         colors = np.where(joints[..., None], colors * 0.85, colors)
-        c.label[visible] = label[visible]
-        c.mat[visible] = mat[visible]
-        c.color[visible] = colors[visible]
-        c.depth[visible] = z[visible]
-        self.ground_x, self.ground_z = x, z
+        c.label[r0:][visible] = label[visible]
+        c.mat[r0:][visible] = mat[visible]
+        c.color[r0:][visible] = colors[visible]
+        c.depth[r0:][visible] = np.broadcast_to(z, x.shape)[visible]
+        self.ground_r0, self.ground_x, self.ground_z = r0, x, z
 
     def _segments(self, zmax: float, kinds: tuple[str, ...], probs: np.ndarray) -> tuple[np.ndarray, list[str]]:
         rng = self.rng
@@ -390,25 +391,32 @@ class _Scene:
             if (side == "l") == sun_left:
                 continue
             k = rng.uniform(0.3, 0.8)
-            seg = np.clip(np.searchsorted(bounds, self.ground_z) - 1, 0, len(kinds) - 1)
-            reach = heights[seg] * k
+            r0 = self.ground_r0
+            seg = np.clip(np.searchsorted(bounds, self.ground_z[:, 0]) - 1, 0, len(kinds) - 1)
+            reach = (heights[seg] * k)[:, None]
             dist = (self.ground_x - xb) * -sign
-            shadow = np.isin(c.mat, (ROAD, LANE, SIDEWALK, TERRAIN)) & (dist >= 0) & (dist < reach)
-            c.shade = np.where(shadow, np.minimum(c.shade, -1.0), c.shade)  # marked; strength set by appearance
+            shadow = np.isin(c.mat[r0:], (ROAD, LANE, SIDEWALK, TERRAIN)) & (dist >= 0) & (dist < reach)
+            c.shade[r0:][shadow] = -1.0  # marked; the appearance pass sets the strength
         self._backdrop()
 
     def _plane(self, xp: float, sign: float, bounds: np.ndarray, kinds: list[str], heights: np.ndarray,
                shade: float) -> None:  # fmt: skip
         """A vertical plane X = xp made of segments along Z, each with a kind and a height."""
         c = self.canvas
-        dx = (self.xx - self.xv) * sign
-        ok = dx > 0.5
-        z = np.where(ok, self.f * abs(xp) / np.where(ok, dx, 1.0), np.inf)
-        y = self.hcam - (self.yy - self.yh) * z / self.f
-        seg = np.clip(np.searchsorted(bounds, z) - 1, 0, len(kinds) - 1)
-        hit = ok & (y >= 0) & (y <= heights[seg]) & (z < c.depth) & (z > 0.5)
+        dx = (self.xs - self.xv) * sign  # depth along the plane depends on the column only
+        cols = np.flatnonzero(dx > 0.5)
+        if cols.size == 0:
+            return
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        z1 = (self.f * abs(xp) / dx[c0:c1]).astype(np.float32)
+        seg1 = np.clip(np.searchsorted(bounds, z1) - 1, 0, len(kinds) - 1)
+        z = z1[None, :]
+        y = self.hcam - (self.ys[:, None] - self.yh) * z / self.f
+        seg = np.broadcast_to(seg1[None, :], y.shape)
+        hit = (y >= 0) & (y <= heights[seg1][None, :]) & (z < c.depth[:, c0:c1]) & (z > 0.5)
         if not hit.any():
             return
+        z = np.broadcast_to(z, y.shape)
         n = len(kinds)
         labels = np.zeros(n, dtype=np.uint8)
         mats = np.zeros(n, dtype=np.uint8)
@@ -437,23 +445,23 @@ class _Scene:
         # Fences: a lattice of posts and rails.
         bars = (mats[s] == FENCE) & ((np.mod(zz, 1.2) < 0.25) | (np.mod(yy, 0.6) < 0.15))
         col = np.where(bars[:, None], col * 0.7, col)
-        c.label[hit] = labels[s]
-        c.mat[hit] = mat
-        c.color[hit] = col
-        c.depth[hit] = zz
+        c.label[:, c0:c1][hit] = labels[s]
+        c.mat[:, c0:c1][hit] = mat
+        c.color[:, c0:c1][hit] = col
+        c.depth[:, c0:c1][hit] = zz
 
     def _backdrop(self) -> None:
         """Buildings (or trees) closing the street far away, at depth zend."""
         c, rng = self.canvas, self.rng
         z = self.zend
-        x = (self.xx - self.xv) * z / self.f
-        y = self.hcam - (self.yy - self.yh) * z / self.f
+        x = (self.xs - self.xv) * z / self.f
+        y = (self.hcam - (self.ys - self.yh) * z / self.f)[:, None]
         edges = np.arange(self.xb_l - 30.0, self.xb_r + 30.0, 12.0, dtype=np.float32)
         hts = rng.uniform(5.0, 28.0, size=edges.size).astype(np.float32)
         veg = rng.random(edges.size) < 0.25
-        seg = np.clip(np.searchsorted(edges, x) - 1, 0, edges.size - 1)
-        hit = (y >= 0) & (y <= hts[seg]) & (z < c.depth)
-        s = seg[hit]
+        seg1 = np.clip(np.searchsorted(edges, x) - 1, 0, edges.size - 1)
+        hit = (y >= 0) & (y <= hts[seg1][None, :]) & (z < c.depth)
+        s = np.broadcast_to(seg1[None, :], hit.shape)[hit]
         c.label[hit] = np.where(veg[s], _ID["vegetation"], _ID["building"])
         c.mat[hit] = np.where(veg[s], FOLIAGE, BACKDROP)
         bcol = self._col(BACKDROP, 0.1)
@@ -741,8 +749,8 @@ class _Scene:
         """The recording car's bonnet at the bottom of the frame (Cityscapes' 'ego vehicle', ignored)."""
         c, rng = self.canvas, self.rng
         top = self.h * (1.0 - rng.uniform(0.06, 0.12))
-        curve = (self.h - top) * 0.8 * ((self.xx - self.w / 2) / (self.w * 0.6)) ** 2
-        hood = self.yy > top + curve
+        curve = (self.h - top) * 0.8 * ((self.xs[None, :] - self.w / 2) / (self.w * 0.6)) ** 2
+        hood = self.ys[:, None] > top + curve
         c.label[hood] = _ID["ego vehicle"]
         c.mat[hood] = HOOD
         c.color[hood] = self._col(HOOD, 0.1)
@@ -840,10 +848,11 @@ def render_canvas_rgb(canvas: _Canvas, rng: np.random.Generator, domain: str, sh
     img = gray + (img - gray) * (1.0 - 0.35 * tt)
     gamma = np.exp(rng.normal(0.12 * tt, 0.1 * tt))
     img = np.clip(img, 0, 1) ** gamma
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    img *= (1.0 - 0.25 * tt * (xx**2 + yy**2) / 2)[..., None].astype(np.float32)
+    ry = np.linspace(-1, 1, h, dtype=np.float32)[:, None] ** 2
+    rx = np.linspace(-1, 1, w, dtype=np.float32)[None, :] ** 2
+    img *= (1.0 - 0.125 * tt * (rx + ry))[..., None]
     img = _blur(img.astype(np.float32), rng.uniform(0.5, 1.0) * t * scale)
-    img += rng.normal(0.0, 0.03 * t, size=img.shape).astype(np.float32)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.03 * t)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
