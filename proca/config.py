@@ -174,10 +174,12 @@ class SelfTrainingStageConfig(_SolverFields):
     poly_iters: int | None = Field(90_000, gt=0)
     lr: float = Field(5e-4, gt=0)
     init: Literal["imagenet", "proca"] = Field("imagenet", description="imagenet: fresh model as released.")
-    input_size: Size = Field((512, 1024), description="Resize before random scaling, and the crop size.")
+    input_size: Size = Field((512, 1024), description="The random crop [H, W] fed to the network.")
+    scale_reference: Size | None = Field(
+        None, description="Size the random scale applies to; None: the image's own (full-resolution) size, as released."
+    )
     scale: tuple[float, float] = (0.5, 1.5)
-    flip: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability (applied by the transform).")
-    color_jitter: bool = True
+    color_jitter: bool = Field(True, description="The stage-3 colour augmentations (flip p=0.5 always applies).")
 
     _size = field_validator("input_size")(_check_size)
 
@@ -311,8 +313,8 @@ def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
             "eval_every": 1000,
             "init": "imagenet",
             "input_size": [512, 1024],
+            "scale_reference": None,
             "scale": [0.5, 1.5],
-            "flip": 0.5,
             "color_jitter": True,
         },
         "eval": {"input_size": [512, 1024], "scales": [1.0], "flip": False, "batch_size": 1, "max_images": None},
@@ -508,7 +510,8 @@ def resolve_config(
         arch, batch_size, checkpoint_every, seed, amp, channels_last, method: direct CLI options (None: keep).
         iters: every training stage's length; each stage's poly schedule keeps the preset's ratio
             to its stop iteration (so the source stage still stops at 64% of its schedule).
-        input_size: ``(H, W)`` for every training, prototype, pseudo-label and evaluation size.
+        input_size: ``(H, W)`` for every training, prototype, pseudo-label and evaluation size (and the
+            self-training scale reference, so small data is scaled around the input size).
 
     Raises:
         ConfigError: unknown keys (with a suggestion), invalid values or cross-field violations.
@@ -548,6 +551,7 @@ def resolve_config(
         data["proca"]["target_size"] = size
         data["pseudo_label"]["input_size"] = size
         data["ssl"]["input_size"] = size
+        data["ssl"]["scale_reference"] = size
         data["eval"]["input_size"] = size
     if data.get("method") not in (None, "prototype"):
         raise ConfigError(

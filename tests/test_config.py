@@ -34,10 +34,10 @@ def test_presets_equal_the_released_recipe(src: str) -> None:
     # stage 4: percentile 0.6 capped at 0.9 on 1024x512 inputs
     q = cfg.pseudo_label
     assert (q.percent, q.cap, q.input_size) == (0.6, 0.9, (512, 1024))
-    # stage 5: 5e-4 over 90,000 from ImageNet, scale 0.5-1.5, crop 1024x512, flip 0.5, jitter
+    # stage 5: 5e-4 over 90,000 from ImageNet, full-size image scaled 0.5-1.5, crop 1024x512, jitter
     t = cfg.ssl
     assert (t.iters, t.schedule_length, t.lr, t.batch_size, t.init) == (90_000, 90_000, 5e-4, 8, "imagenet")
-    assert t.input_size == (512, 1024) and t.scale == (0.5, 1.5) and t.flip == 0.5 and t.color_jitter
+    assert t.input_size == (512, 1024) and t.scale_reference is None and t.scale == (0.5, 1.5) and t.color_jitter
     assert cfg.eval.input_size == (512, 1024) and cfg.eval.scales == (1.0,)
 
 

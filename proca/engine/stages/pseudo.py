@@ -1,0 +1,60 @@
+"""Stage 4, pseudo labels: the adapted model labels the target train set with per-class percentile thresholds."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from proca.engine.launch import barrier
+from proca.engine.stages.common import RunContext, build_stage_model
+from proca.errors import CheckpointError
+
+__all__ = ["run_pseudo_label_stage"]
+
+
+def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
+    """Write ``RUN/pseudo_labels/`` from the ProCA checkpoint (``pseudo_label.init_from``; release: best).
+
+    Every process labels its share of the images; the per-class confidence histograms are all-reduced,
+    so the thresholds cover the whole split. The labels are written into ``RUN/pseudo_labels.partial``
+    and renamed when complete, so an interrupted stage leaves no folder that looks finished.
+    """
+    from proca.data.datasets import CityscapesDataset
+    from proca.engine.pseudo_label import generate_pseudo_labels
+
+    section = ctx.cfg.pseudo_label
+    init = ctx.path("proca.safetensors" if section.init_from == "last" else "proca.best.safetensors")
+    if not init.is_file():
+        raise CheckpointError(f"{init} does not exist; run --stage proca first (or set pseudo_label.init_from).")
+    final = ctx.path("pseudo_labels")
+    partial = ctx.path("pseudo_labels.partial")
+    if ctx.is_main and partial.exists():
+        shutil.rmtree(partial)
+    barrier()
+    model = build_stage_model(ctx, init).to(ctx.device).eval()
+    dataset = CityscapesDataset(ctx.data_root / "cityscapes", split="train", class_set=ctx.class_set, labels=False)
+    stats = generate_pseudo_labels(
+        model,
+        dataset,
+        partial,
+        class_set=ctx.class_set,
+        percent=section.percent,
+        cap=section.cap,
+        input_size=section.input_size,
+        device=ctx.device,
+        batch_size=section.batch_size,
+        progress=ctx.progress and ctx.is_main,
+        num_workers=0 if ctx.device.type == "cpu" else None,
+        distributed=ctx.dist.distributed,
+    )
+    barrier()
+    if ctx.is_main:
+        partial.rename(final)
+    barrier()
+    kept, pixels = sum(stats.kept), sum(stats.pixels)
+    return {
+        "checkpoint": init.name,
+        "num_images": stats.num_images,
+        "kept_fraction": kept / pixels if pixels else 0.0,
+        "thresholds": [round(float(t), 4) for t in stats.thresholds],
+    }
