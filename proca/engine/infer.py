@@ -101,7 +101,8 @@ def run_infer(
     """Predict every input image and write ``out/<name>.png`` in ``fmt``.
 
     Output names follow the inputs: ``photo.jpg`` -> ``out/photo.png``; images found inside a folder keep
-    their path relative to it. Two inputs with the same name get ``_1``, ``_2`` ... suffixes.
+    their path relative to it (the dataset makes colliding names unique with ``-2``, ``-3``; any clash left
+    gets ``_1``, ``_2`` ...).
 
     Returns:
         The files written, in input order.
