@@ -393,6 +393,8 @@ def run_pseudo_label(
     if not data_root.is_dir():
         raise DataError(f"--data-root {data_root}: no such folder; give the Cityscapes root holding leftImg8bit/.")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {out} exists and is not empty; pass --force to overwrite its pseudo labels.")
     dev = resolve_device(device)

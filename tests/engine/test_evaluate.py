@@ -247,3 +247,22 @@ def test_eval_result_json_nan_free() -> None:
     js = r.to_json()
     assert js["per_class"]["building"] is None and js["per_class"]["sidewalk"] == 0.0
     json.dumps(js, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_cli_eval_reads_released_pth(tmp_path: Path, data: Path, ckpt19: Path) -> None:
+    from proca.models import load_model
+    from proca.models.legacy import proca_to_release_state_dict
+
+    release = proca_to_release_state_dict(load_model(ckpt19).model.state_dict())
+    pth = tmp_path / "release.pth"
+    torch.save({k: {f"module.{n}": t for n, t in v.items()} for k, v in release.items()} | {"iteration": 1}, pth)
+    scores = []
+    for path in (ckpt19, pth):
+        out = tmp_path / f"{path.stem}.json"
+        result = runner.invoke(
+            app, ["eval", str(path), "--data-root", str(data), "--input-size", "16x32", "--json", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(out.read_text())["miou"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-9)

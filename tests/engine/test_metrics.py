@@ -159,7 +159,8 @@ def test_all_reduce_sums_over_ranks() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
+    # fork: the children need not re-import torch (spawn takes many seconds on a busy machine).
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_reduce_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
