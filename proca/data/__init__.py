@@ -1,5 +1,68 @@
-"""Datasets, class tables, label info, class-balanced sampling, transforms and synthetic scenes."""
+"""Datasets, class tables, label info, class-balanced sampling, transforms and synthetic scenes.
+
+Importing ``proca.data`` loads only the class tables; the readers, label info, sampler and
+transforms (which import torch and torchvision) load on first access of their names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from proca.data.classes import CITYSCAPES_19, CLASS_SETS, IGNORE_INDEX, SYNTHIA_16, ClassSet, get_class_set
 
-__all__ = ["CITYSCAPES_19", "CLASS_SETS", "IGNORE_INDEX", "SYNTHIA_16", "ClassSet", "get_class_set"]
+if TYPE_CHECKING:
+    from proca.data.datasets import (
+        CityscapesDataset,
+        GTA5Dataset,
+        ImageFolderDataset,
+        PseudoLabelDataset,
+        SegmentationDataset,
+        SynthiaDataset,
+        read_list_file,
+    )
+    from proca.data.label_info import LabelInfo, build_label_info, read_label_info, run_label_info
+    from proca.data.sampler import ClassBalancedSampler
+
+__all__ = [
+    "CITYSCAPES_19",
+    "CLASS_SETS",
+    "IGNORE_INDEX",
+    "SYNTHIA_16",
+    "CityscapesDataset",
+    "ClassBalancedSampler",
+    "ClassSet",
+    "GTA5Dataset",
+    "ImageFolderDataset",
+    "LabelInfo",
+    "PseudoLabelDataset",
+    "SegmentationDataset",
+    "SynthiaDataset",
+    "build_label_info",
+    "get_class_set",
+    "read_label_info",
+    "read_list_file",
+    "run_label_info",
+]
+
+_LAZY = {
+    "CityscapesDataset": "proca.data.datasets",
+    "GTA5Dataset": "proca.data.datasets",
+    "ImageFolderDataset": "proca.data.datasets",
+    "PseudoLabelDataset": "proca.data.datasets",
+    "SegmentationDataset": "proca.data.datasets",
+    "SynthiaDataset": "proca.data.datasets",
+    "read_list_file": "proca.data.datasets",
+    "LabelInfo": "proca.data.label_info",
+    "build_label_info": "proca.data.label_info",
+    "read_label_info": "proca.data.label_info",
+    "run_label_info": "proca.data.label_info",
+    "ClassBalancedSampler": "proca.data.sampler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'proca.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

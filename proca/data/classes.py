@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
-    "CITYSCAPES_LABELS",
     "CITYSCAPES_19",
+    "CITYSCAPES_LABELS",
     "CLASS_SETS",
     "IGNORE_INDEX",
     "SYNTHIA_16",
