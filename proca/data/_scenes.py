@@ -12,14 +12,14 @@ World frame: X to the right, Y up, Z forward (metres). A ground point (X, 0, Z) 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 
 from proca.data.classes import CITYSCAPES_LABELS, SYNTHIA_LABELS
 
-__all__ = ["DOMAINS", "Domain", "render_canvas_rgb", "render_scene"]
+__all__ = ["DOMAINS", "SHIFT_UNIT", "Domain", "render_canvas_rgb", "render_scene", "render_scene_instances"]
 
 Domain = Literal["gtav", "synthia", "cityscapes"]
 DOMAINS: tuple[str, ...] = ("gtav", "synthia", "cityscapes")
@@ -183,10 +183,11 @@ def _layout_for(domain: str, shift: float) -> _Layout:
         return _LAYOUTS[domain]
     a, b = _LAYOUTS["gtav"], _LAYOUTS["cityscapes"]
     t = float(np.clip(shift * SHIFT_UNIT, 0.0, 1.0))
-    kw = {}
-    for name in a.__dataclass_fields__:
-        va, vb = getattr(a, name), getattr(b, name)
-        kw[name] = tuple(float(x) for x in _lerp(va, vb, t)) if isinstance(va, tuple) else float(_lerp(va, vb, t))
+    kw: dict[str, Any] = {}
+    for fld in fields(_Layout):
+        va, vb = getattr(a, fld.name), getattr(b, fld.name)
+        mixed = _lerp(np.asarray(va), np.asarray(vb), t)
+        kw[fld.name] = tuple(float(x) for x in mixed) if isinstance(va, tuple) else float(mixed)
     return _Layout(**kw)
 
 
@@ -239,6 +240,10 @@ def _segment(u0: float, v0: float, u1: float, v1: float, t: float) -> _Mask:
         return np.hypot(u - u0 - a * du, v - v0 - a * dv) <= t / 2
 
     return mask
+
+
+def _both(a: _Mask, b: _Mask) -> _Mask:
+    return lambda u, v: a(u, v) & b(u, v)
 
 
 def _blob(cu: float, cv: float, ru: float, rv: float, rng: np.random.Generator) -> _Mask:
@@ -727,7 +732,7 @@ class _Scene:
         parts = [
             _Part(_rect(-pw, pw, 0.0, h), _ID["pole"], POLE, pole),
             _Part(sign, lab, SIGN, sc),
-            _Part(lambda u, v, m=inner, s=sign: m(u, v) & s(u, v), lab, SIGN, sc * 0.55),
+            _Part(_both(inner, sign), lab, SIGN, sc * 0.55),
         ]
         return _with_extent(parts, -r - 0.1, r + 0.1, h + 2 * r + 0.05)
 
@@ -879,8 +884,7 @@ def render_scene(
     *,
     shift: float = 1.0,
     index: int = 0,
-    return_instances: bool = False,
-) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene in memory.
 
     Args:
@@ -890,16 +894,33 @@ def render_scene(
         shift: strength of the target's appearance and layout shift (0: the target is drawn
             like the GTA source; 1, the default: half-way to the full camera look, see ``SHIFT_UNIT``;
             2: the full camera palette and layout); ignored for source domains.
-        index: image index; image ``index`` always contains the rare class
-            ``_FEATURED[index % 9]`` (train, bus, truck, ...), so every split of 9+ images has all classes.
-        return_instances: also return the (H, W) uint16 instance ids (0 for stuff).
+        index: image index; image ``index`` always contains the rare item ``index % 9`` of
+            (train, bus, truck, motorcycle, bicycle, wall, fence, traffic light, traffic sign), so
+            every split of 9 or more images has all classes.
 
     Returns:
-        ``(rgb, labels)``: rgb (H, W, 3) uint8; labels (H, W) uint8 Cityscapes label ids for
-        ``gtav``/``cityscapes`` or uint16 SYNTHIA ids for ``synthia`` (lane marks 22, as in SYNTHIA).
+        ``(rgb, labels)``: rgb uint8; labels uint8 Cityscapes label ids for ``gtav``/``cityscapes``
+        or uint16 SYNTHIA ids for ``synthia`` (lane marks 22, as in SYNTHIA).
 
     Shape:
         rgb (H, W, 3), labels (H, W).
+    """
+    rgb, labels, _ = render_scene_instances(rng, size, domain, shift=shift, index=index)
+    return rgb, labels
+
+
+def render_scene_instances(
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    domain: str,
+    *,
+    shift: float = 1.0,
+    index: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`render_scene` plus the instance ids (uint16, 0 for stuff, 1.. per drawn object).
+
+    Shape:
+        rgb (H, W, 3), labels (H, W), instances (H, W).
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}")
@@ -913,6 +934,4 @@ def render_scene(
     if domain == "synthia":
         labels = _SYNTHIA_LUT[canvas.label]
         labels[canvas.mat == LANE] = _SYNTHIA_LANE
-    if return_instances:
-        return rgb, labels, canvas.inst
-    return rgb, labels
+    return rgb, labels, canvas.inst

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proca.data._scenes import DOMAINS, render_scene
+from proca.data._scenes import DOMAINS, SHIFT_UNIT, render_scene, render_scene_instances
 from proca.data.classes import CITYSCAPES_LABELS
 from proca.errors import DataError
 from proca.io import atomic_write_bytes, atomic_write_json, atomic_write_text, save_image_atomic
@@ -35,9 +35,11 @@ from proca.io import atomic_write_bytes, atomic_write_json, atomic_write_text, s
 __all__ = [
     "CITYSCAPES_TRAIN_CITIES",
     "CITYSCAPES_VAL_CITIES",
+    "SHIFT_UNIT",
     "SyntheticSummary",
     "encode_png16",
     "render_scene",
+    "render_scene_instances",
     "scene_rng",
     "write_synthetic_datasets",
 ]
@@ -168,8 +170,8 @@ def write_synthetic_datasets(
     lists: dict[str, list[str]] = {"gtav_train": [], "synthia_train": [], "cityscapes_train": [], "cityscapes_val": []}
 
     def write_one(domain: str, split: str, i: int) -> None:
-        rgb, labels, inst = render_scene(
-            scene_rng(seed, domain, split, i), (h, w), domain, shift=shift, index=i, return_instances=True
+        rgb, labels, inst = render_scene_instances(
+            scene_rng(seed, domain, split, i), (h, w), domain, shift=shift, index=i
         )
         if domain == "gtav":
             name = f"{i + 1:05d}.png"  # GTA5 numbers its frames from 00001
@@ -238,6 +240,13 @@ def write_synthetic_datasets(
             "domains": list(DOMAINS),
         },
     )
+    if progress:
+        from rich.console import Console
+
+        Console(highlight=False).print(
+            f"wrote {len(jobs)} synthetic images ({h}x{w}, seed {seed}, shift {shift}) to {out} in {seconds:.1f} s: "
+            f"gtav {num_train}, synthia {num_train}, cityscapes train {num_train} / val {num_val}"
+        )
     return SyntheticSummary(
         root=out,
         gtav=gtav,
