@@ -33,7 +33,7 @@ from proca.engine.inference import (
     load_for_inference,
     predict_probs,
 )
-from proca.engine.metrics import ConfusionMatrix, SegMetrics
+from proca.engine.metrics import ConfusionMatrix, SegMetrics, all_reduce_sum
 from proca.errors import ConfigError, DataError
 
 __all__ = ["PREDICTION_SUFFIXES", "EvalResult", "evaluate", "prediction_path", "run_eval", "save_prediction"]
@@ -205,11 +205,7 @@ def evaluate(
         model.train(was_training)
     if world > 1:
         cm.all_reduce()
-        counter = torch.tensor([seen], dtype=torch.int64, device=cm.matrix.device)
-        import torch.distributed as dist
-
-        dist.all_reduce(counter)
-        seen = int(counter.item())
+        seen = int(all_reduce_sum(torch.tensor([seen], dtype=torch.int64)).item())
     info = {"scales": [float(s) for s in scales], "flip": bool(flip)}
     if input_size is not None:
         info["input_size"] = [int(input_size[0]), int(input_size[1])]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from proca.errors import DataError
 
-__all__ = ["ConfusionMatrix", "SegMetrics", "confusion_matrix", "metrics_from_confusion", "nanmean"]
+__all__ = ["ConfusionMatrix", "SegMetrics", "all_reduce_sum", "confusion_matrix", "metrics_from_confusion", "nanmean"]
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 255) -> Tensor:
@@ -79,6 +79,23 @@ def _has_stray_rows(rows: Tensor, c: int, ignore_index: int) -> bool:
     elif sums.numel() == 2:  # exotic ignore value parked in row C + 1
         sums[1] = 0
     return bool(sums.any())
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the ranks of an initialised process group (returned unchanged otherwise).
+
+    Under NCCL a CPU tensor is reduced on this rank's GPU and brought back, so callers need not care.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        return moved.to(tensor.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 def nanmean(values: Sequence[float]) -> float:
@@ -194,12 +211,7 @@ class ConfusionMatrix:
 
         With NCCL the matrix must live on this rank's GPU (it does after a GPU ``update``).
         """
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            if dist.get_backend() == "nccl" and self.matrix.device.type != "cuda":
-                self.matrix = self.matrix.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        self.matrix = all_reduce_sum(self.matrix)
 
     def compute(self) -> SegMetrics:
         """Per-class IoU and accuracy, mIoU, pixel accuracy over everything seen."""

@@ -38,7 +38,7 @@ from proca.engine.inference import (
     load_for_inference,
     predict_probs,
 )
-from proca.engine.metrics import ConfusionMatrix
+from proca.engine.metrics import ConfusionMatrix, all_reduce_sum
 from proca.errors import ConfigError, DataError
 
 __all__ = [
@@ -119,10 +119,7 @@ class ConfidenceHistogram:
 
     def all_reduce(self) -> None:
         """Sum the histograms over the ranks of an initialised process group (no-op otherwise)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts)
+        self.counts = all_reduce_sum(self.counts)
 
     @property
     def pixels(self) -> Tensor:
@@ -337,9 +334,7 @@ def generate_pseudo_labels(
     finally:
         model.train(was_training)
     if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(kept)
+        kept = all_reduce_sum(kept)
         quality_cm.all_reduce()
     quality = None
     if int(quality_cm.matrix.sum()) > 0:

@@ -195,3 +195,69 @@ def test_cli_pseudo_label_round_trip(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--force" in again.output
     forced = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out), "--force"])
     assert forced.exit_code == 0, forced.output
+
+
+def _samples() -> list[dict]:
+    g = torch.Generator().manual_seed(3)
+    return [
+        {
+            "image": torch.randn(3, 16, 32, generator=g),
+            "label": torch.randint(0, 3, (32, 64), generator=g),
+            "name": f"c/c_{i:06d}_000019",
+            "path": "",
+        }
+        for i in range(5)
+    ]
+
+
+def _distributed_worker(rank: int, port: int, out: str, queue: object) -> None:
+    import torch.distributed as dist
+
+    from proca.engine.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cs = ClassSet("tiny", ("road", "sidewalk", "building"))
+    stats = generate_pseudo_labels(
+        Bias(), ListDataset(_samples()), out, class_set=cs, input_size=None, progress=False, distributed=True
+    )
+    result = evaluate(Bias(), ListDataset(_samples()), class_set=cs, input_size=None, progress=False, distributed=True)
+    queue.put((rank, stats.thresholds, stats.kept, result.confusion.tolist(), result.num_images))  # type: ignore[attr-defined]
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_distributed_sharding_equals_one_process(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from proca.engine.evaluate import evaluate
+
+    cs = ClassSet("tiny", ("road", "sidewalk", "building"))
+    single = generate_pseudo_labels(
+        Bias(), ListDataset(_samples()), tmp_path / "one", class_set=cs, input_size=None, progress=False
+    )
+    reference = evaluate(Bias(), ListDataset(_samples()), class_set=cs, input_size=None, progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_distributed_worker, args=(r, port, str(tmp_path / "two"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r[0], r[1:]) for r in (queue.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    for rank in (0, 1):
+        thresholds, kept, confusion, num_images = results[rank]
+        assert thresholds == single.thresholds and kept == single.kept
+        assert confusion == reference.confusion.tolist() and num_images == 5
+    one = sorted(p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*.png"))
+    two = sorted(p.relative_to(tmp_path / "two").as_posix() for p in (tmp_path / "two").rglob("*.png"))
+    assert one == two
+    for rel in one:
+        assert np.array_equal(
+            np.array(Image.open(tmp_path / "one" / rel)), np.array(Image.open(tmp_path / "two" / rel))
+        )
