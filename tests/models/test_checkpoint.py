@@ -197,3 +197,17 @@ def test_class_names_match_the_class_tables() -> None:
     from proca.data.classes import CLASS_SETS
 
     assert {name: tuple(cs.classes) for name, cs in CLASS_SETS.items()} == CHECKPOINT_CLASS_NAMES
+
+
+@pytest.mark.cuda
+def test_load_onto_cuda(
+    tmp_path: Path, r18: DeepLabV2, image: torch.Tensor, release_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare at full float32 precision
+    path = tmp_path / "ckpt.safetensors"
+    save_model(r18, path)
+    for source in (path, release_file):
+        model = load_model(source, map_location="cuda").model
+        assert all(t.device.type == "cuda" for t in model.state_dict().values())
+        with torch.no_grad():
+            torch.testing.assert_close(model(image.cuda()).cpu(), r18(image), rtol=1e-3, atol=1e-4)
