@@ -166,7 +166,7 @@ def _denormalize(image: Tensor) -> np.ndarray:
 
 
 def _resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.fromarray(ids.astype(np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+    return np.asarray(Image.fromarray(ids.astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
 class ExampleCollector:
@@ -190,7 +190,7 @@ class ExampleCollector:
             photo = _denormalize(batch.images[k])
             h = max(1, round(photo.shape[0] * self.width / photo.shape[1]))
             size = (h, self.width)
-            photo = np.asarray(Image.fromarray(photo).resize((self.width, h), Image.BICUBIC))
+            photo = np.asarray(Image.fromarray(photo).resize((self.width, h), Image.Resampling.BICUBIC))
             label = None
             if batch.labels is not None:
                 label = _resize_ids(batch.labels[k].clamp(0, 255).to(torch.uint8).cpu().numpy(), size)
