@@ -83,6 +83,19 @@ def _serialize(tensors: dict[str, Tensor], header_key: str, meta: dict[str, Any]
     return safetensors_save(_plain_tensors(tensors), metadata={header_key: json.dumps(meta, allow_nan=True)})
 
 
+def _unwrap(model: torch.nn.Module, source: str) -> DeepLabV2:
+    """The DeepLabV2 inside DistributedDataParallel (``.module``) or torch.compile (``._orig_mod``) wrappers."""
+    seen = 0
+    while not isinstance(model, DeepLabV2):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module) or seen > 4:
+            raise CheckpointError(
+                f"cannot save {type(model).__name__} to {source}: save_model takes a DeepLabV2 from proca.models"
+            )
+        model, seen = inner, seen + 1
+    return model
+
+
 def save_model(
     model: DeepLabV2,
     path: str | os.PathLike[str],
@@ -93,7 +106,8 @@ def save_model(
     """Write ``model`` (and optional prototypes) as one ``.safetensors`` file, atomically.
 
     Args:
-        model: a :class:`DeepLabV2` from a builder (its ``arch`` must be a key of ``MODEL_BUILDERS``).
+        model: a :class:`DeepLabV2` from a builder (its ``arch`` must be a key of ``MODEL_BUILDERS``), or one
+            wrapped by DistributedDataParallel or ``torch.compile`` (the wrapper is removed).
         path: output file.
         metadata: stage, iteration, class set, config, metrics, ...; missing keys get defaults and
             ``arch``/``num_classes``/``norm`` come from the model. ``format_version`` and
@@ -104,6 +118,7 @@ def save_model(
     Raises:
         CheckpointError: metadata that contradicts the model or is not JSON-serialisable, non-tensor prototypes.
     """
+    model = _unwrap(model, str(path))
     if model.arch not in MODEL_BUILDERS:
         raise CheckpointError(
             f"cannot save a model with arch {model.arch!r}: load_model could not rebuild it; "

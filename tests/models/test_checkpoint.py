@@ -76,6 +76,19 @@ def test_frozen_and_synthia_round_trip(tmp_path: Path, image: torch.Tensor) -> N
         torch.testing.assert_close(loaded.model(image), model(image), rtol=0, atol=0)
 
 
+def test_wrapped_models_are_unwrapped(tmp_path: Path, r18: DeepLabV2) -> None:
+    class Wrapper(torch.nn.Module):  # like DistributedDataParallel: the network under .module
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    path = tmp_path / "wrapped.safetensors"
+    save_model(Wrapper(r18), path)  # type: ignore[arg-type]
+    assert "backbone.conv1.weight" in load_model(path).model.state_dict()
+    with pytest.raises(CheckpointError, match="takes a DeepLabV2"):
+        save_model(torch.nn.Linear(2, 2), path)  # type: ignore[arg-type]
+
+
 def test_other_class_counts_get_generic_names(tmp_path: Path) -> None:
     path = tmp_path / "five.safetensors"
     save_model(deeplabv2_resnet18(num_classes=5), path)
