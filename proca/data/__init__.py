@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     )
     from proca.data.label_info import LabelInfo, build_label_info, read_label_info, run_label_info
     from proca.data.sampler import ClassBalancedSampler
+    from proca.data.synthetic import write_synthetic_datasets
 
 __all__ = [
     "CITYSCAPES_19",
@@ -43,6 +44,7 @@ __all__ = [
     "read_label_info",
     "read_list_file",
     "run_label_info",
+    "write_synthetic_datasets",
 ]
 
 _LAZY = {
@@ -58,6 +60,7 @@ _LAZY = {
     "read_label_info": "proca.data.label_info",
     "run_label_info": "proca.data.label_info",
     "ClassBalancedSampler": "proca.data.sampler",
+    "write_synthetic_datasets": "proca.data.synthetic",
 }
 
 

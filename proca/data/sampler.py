@@ -11,8 +11,8 @@ sub-epoch at a time:
   classes are added to ``n``.
 - Sub-epoch ``e`` depends only on ``(seed, e)``: its class draws and its per-class file orders come
   from generators seeded with ``(seed, e)`` and ``(seed, e, c, pass)``. So the stream is the same
-  for every process, any position can be reached by generating one sub-epoch (about 20 ms), and
-  start-up costs one sub-epoch whatever ``num_samples`` is.
+  for every process, any position can be reached by generating at most one sub-epoch, and
+  start-up (building the class lists, then 256 draws) does not grow with ``num_samples``.
 - Under DDP, rank r of w takes the draws ``start + r, start + r + w, start + r + 2w, ...`` of the
   common stream: the ranks' shares are disjoint and together cover it.
 
@@ -43,6 +43,7 @@ __all__ = ["SUB_EPOCH_SIZE", "ClassBalancedSampler"]
 SUB_EPOCH_SIZE = 3000
 _CLASS_STREAM = 0x5EED_C1A5
 _FILE_STREAM = 0xF11E_0DE5
+_CHUNK = 256  # draws generated per step: the first index costs a fraction of a sub-epoch
 
 
 class ClassBalancedSampler(Sampler[int]):
@@ -109,7 +110,7 @@ class ClassBalancedSampler(Sampler[int]):
                 f"the label info ({len(self.files)} files) has no file with a train id below {num_classes}; "
                 "check that it was made for this dataset and class set"
             )
-        self._cache: dict[int, np.ndarray] = {}
+        self._state: _SubEpoch | None = None
 
     def __len__(self) -> int:
         remaining = max(0, self.num_samples - self.start)
@@ -122,7 +123,7 @@ class ClassBalancedSampler(Sampler[int]):
     def draw(self, position: int) -> int:
         """File index at ``position`` of the common stream."""
         e, k = divmod(position, self.sub_epoch_size)
-        return int(self._sub_epoch(e)[k])
+        return int(self._sub_epoch(e, k + 1)[k])
 
     def stream(self, begin: int, end: int) -> np.ndarray:
         """File indices of the common stream at positions ``begin .. end - 1``. Shape: (end - begin,)."""
@@ -131,61 +132,18 @@ class ClassBalancedSampler(Sampler[int]):
         while pos < end:
             e, k = divmod(pos, self.sub_epoch_size)
             take = min(self.sub_epoch_size - k, end - pos)
-            out[pos - begin : pos - begin + take] = self._sub_epoch(e)[k : k + take]
+            out[pos - begin : pos - begin + take] = self._sub_epoch(e, k + take)[k : k + take]
             pos += take
         return out
 
-    def _sub_epoch(self, e: int) -> np.ndarray:
-        cached = self._cache.get(e)
-        if cached is None:
-            cached = self._generate(e)
-            self._cache = {e: cached}  # keep one: iteration is sequential
-        return cached
-
-    def _generate(self, e: int) -> np.ndarray:
-        """The file indices of sub-epoch ``e``. Shape: (sub_epoch_size,)."""
-        n_classes = self.num_classes
-        available = self._available
-        file_classes = self._file_classes
-        member = self._member
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, e, _CLASS_STREAM])))
-        uniforms = rng.random(self.sub_epoch_size).tolist()
-        counts = [0] * n_classes
-        total = 0
-        cursor = [0] * n_classes
-        passes = [0] * n_classes
-        orders: list[np.ndarray | None] = [None] * n_classes
-        uniform_cum = list(accumulate(1.0 if a else 0.0 for a in available))
-        log = math.log
-        out = np.empty(self.sub_epoch_size, dtype=np.int64)
-        for i, u in enumerate(uniforms):
-            if total == 0:
-                cum = uniform_cum
-            else:
-                inv = 1.0 / total
-                cum = list(
-                    accumulate(1.0 / log(1.01 + n * inv) if a else 0.0 for n, a in zip(counts, available, strict=True))
-                )
-            c = bisect_right(cum, u * cum[-1])
-            if c >= n_classes:  # u * sum rounded up to the last edge: take the last available class
-                c = max(j for j in range(n_classes) if available[j])
-            order = orders[c]
-            if order is None or cursor[c] >= len(order):
-                if order is not None:
-                    passes[c] += 1
-                order = self._order(e, c, passes[c])
-                orders[c] = order
-                cursor[c] = 0
-            f = int(order[cursor[c]])
-            cursor[c] += 1
-            out[i] = f
-            classes = file_classes.get(f)
-            if classes is None:
-                classes = file_classes[f] = tuple(np.flatnonzero(member[f]).tolist())
-            for cc in classes:
-                counts[cc] += 1
-            total += len(classes)
-        return out
+    def _sub_epoch(self, e: int, upto: int) -> np.ndarray:
+        """The draws of sub-epoch ``e``, generated at least up to ``upto`` (in chunks). Shape: (sub_epoch_size,)."""
+        state = self._state
+        if state is None or state.epoch != e:
+            state = self._state = _SubEpoch(self, e)
+        if state.filled < upto:
+            state.advance(min(self.sub_epoch_size, max(upto, state.filled + _CHUNK)))
+        return state.out
 
     def _order(self, e: int, c: int, p: int) -> np.ndarray:
         files = self._class_files[c]
@@ -198,3 +156,59 @@ class ClassBalancedSampler(Sampler[int]):
         """Fraction of draws in ``begin .. end - 1`` whose file contains each class. Shape: (C,)."""
         draws = self.stream(begin, end)
         return self._member[draws].sum(axis=0) / max(1, len(draws))
+
+
+class _SubEpoch:
+    """The generation state of one sub-epoch: class counts, per-class file orders and cursors."""
+
+    def __init__(self, sampler: ClassBalancedSampler, epoch: int) -> None:
+        self.sampler = sampler
+        self.epoch = epoch
+        n = sampler.num_classes
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([sampler.seed, epoch, _CLASS_STREAM])))
+        self.uniforms = rng.random(sampler.sub_epoch_size).tolist()
+        self.out = np.empty(sampler.sub_epoch_size, dtype=np.int64)
+        self.filled = 0
+        self.counts = [0] * n
+        self.total = 0
+        self.cursor = [0] * n
+        self.passes = [0] * n
+        self.orders: list[np.ndarray | None] = [None] * n
+        self.uniform_cum = list(accumulate(1.0 if a else 0.0 for a in sampler._available))
+        self.last_available = max(j for j in range(n) if sampler._available[j])
+
+    def advance(self, upto: int) -> None:
+        """Generate draws ``filled .. upto - 1`` (the release's inner loop, with its bugs fixed)."""
+        sampler = self.sampler
+        available, file_classes, member = sampler._available, sampler._file_classes, sampler._member
+        counts, cursor, orders, out, uniforms = self.counts, self.cursor, self.orders, self.out, self.uniforms
+        total = self.total
+        log = math.log
+        for i in range(self.filled, upto):
+            if total == 0:
+                cum = self.uniform_cum
+            else:
+                inv = 1.0 / total
+                cum = list(
+                    accumulate(1.0 / log(1.01 + n * inv) if a else 0.0 for n, a in zip(counts, available, strict=True))
+                )
+            c = bisect_right(cum, uniforms[i] * cum[-1])
+            if c >= len(counts):  # u * sum rounded up to the last edge
+                c = self.last_available
+            order = orders[c]
+            if order is None or cursor[c] >= len(order):
+                if order is not None:
+                    self.passes[c] += 1
+                order = orders[c] = sampler._order(self.epoch, c, self.passes[c])
+                cursor[c] = 0  # a new pass starts at its first file (the release starts at index 1)
+            f = int(order[cursor[c]])
+            cursor[c] += 1
+            out[i] = f
+            classes = file_classes.get(f)
+            if classes is None:
+                classes = file_classes[f] = tuple(np.flatnonzero(member[f]).tolist())
+            for cc in classes:
+                counts[cc] += 1
+            total += len(classes)
+        self.total = total
+        self.filled = upto
