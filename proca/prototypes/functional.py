@@ -75,15 +75,16 @@ def class_sums(features: Tensor, labels: Tensor, num_classes: int, *, ignore_ind
     acc = accumulation_dtype(feats.device)
     sums = feats.new_zeros((num_classes, dim), dtype=acc)
     counts = feats.new_zeros((num_classes,), dtype=torch.int64)
-    classes = torch.arange(num_classes, device=feats.device).unsqueeze(1)
+    classes = torch.arange(num_classes, device=feats.device).view(1, num_classes, 1)
+    onehot = labs.unsqueeze(1) == classes  # (B, C, M); ignored and out-of-range labels match no class
+    counts = onehot.sum((0, 2))
     work = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
+    weights = onehot.to(work)
+    sums = feats.new_zeros((num_classes, dim), dtype=acc)
     for b in range(feats.shape[0]):
         for start in range(0, num_pixels, _CHUNK):
-            lab = labs[b, start : start + _CHUNK]
-            onehot = lab.unsqueeze(0) == classes  # (C, n) bool; ignored and out-of-range labels match no row
-            counts += onehot.sum(1)
-            chunk = feats[b, :, start : start + _CHUNK].to(work)  # (A, n), a view unless upcast
-            sums += (onehot.to(work) @ chunk.t()).to(acc)
+            chunk = feats[b, :, start : start + _CHUNK].to(work)  # (A, n): a view unless upcast
+            sums.add_(weights[b, :, start : start + _CHUNK] @ chunk.t())
     valid = (labs != ignore_index).sum()
     if labs.numel() and bool(counts.sum() != valid):
         raise DataError(

@@ -154,3 +154,25 @@ def test_module_matches_function_and_half_precision_runs() -> None:
     torch.testing.assert_close(low, expected, rtol=2e-2, atol=2e-2)
     with pytest.raises(ConfigError, match="temperature"):
         PrototypeContrastiveLoss(temperature=0.0)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_and_runs_under_autocast() -> None:
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 64, 9, 11, generator=g)
+    labels = torch.randint(0, 19, (2, 9, 11), generator=g)
+    labels[0, :3] = IGNORE
+    prototypes = torch.randn(19, 64, generator=g)
+    x_cpu = features.clone().requires_grad_()
+    x_gpu = features.cuda().requires_grad_()
+    l_cpu = prototype_contrastive_loss(x_cpu, labels, prototypes, temperature=0.1)
+    l_gpu = prototype_contrastive_loss(x_gpu, labels.cuda(), prototypes.cuda(), temperature=0.1)
+    (l_cpu + l_gpu.cpu()).backward()
+    torch.testing.assert_close(l_gpu.cpu(), l_cpu, rtol=1e-5, atol=1e-6)
+    assert x_gpu.grad is not None and x_cpu.grad is not None
+    torch.testing.assert_close(x_gpu.grad.cpu(), x_cpu.grad, rtol=1e-4, atol=1e-6)
+    conv = torch.nn.Conv2d(64, 64, 1).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = prototype_contrastive_loss(conv(features.cuda()), labels.cuda(), prototypes.cuda(), temperature=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and conv.weight.grad is not None

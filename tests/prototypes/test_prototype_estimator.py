@@ -150,3 +150,17 @@ def test_bfloat16_features_update_in_float32() -> None:
     b.update(f.to(torch.bfloat16).float(), lab)
     torch.testing.assert_close(a.prototypes, b.prototypes, rtol=1e-6, atol=1e-6)
     assert a.prototypes.dtype == torch.float32
+
+
+@pytest.mark.cuda
+def test_cuda_update_matches_cpu() -> None:
+    g = torch.Generator().manual_seed(6)
+    f, lab = random_batch(g, 20_000, 64, 19)
+    cpu, gpu = PrototypeEstimator(19, 64), PrototypeEstimator(19, 64).cuda()
+    for _ in range(2):
+        cpu.update(f, lab)
+        gpu.update(f.cuda(), lab.cuda())
+    gpu.update(f.cuda().to(torch.bfloat16), lab.cuda())
+    cpu.update(f.to(torch.bfloat16), lab)
+    torch.testing.assert_close(gpu.prototypes.cpu(), cpu.prototypes, rtol=1e-6, atol=1e-6)
+    assert torch.equal(gpu.counts.cpu(), cpu.counts)
