@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from proca.data.classes import CITYSCAPES_19, SYNTHIA_16, ClassSet
+from proca.data.classes import CITYSCAPES_19, SYNTHIA_16, ClassSet, RawLabelSpace
 from proca.errors import DataError, ProcaError
 
 __all__ = [
@@ -50,7 +50,7 @@ SCHEMA = "proca.label_info"
 SCHEMA_VERSION = 1
 
 # dataset name -> (class set, raw label space, label folder relative to the root, image folder)
-_SOURCES: dict[str, tuple[ClassSet, str, str, str]] = {
+_SOURCES: dict[str, tuple[ClassSet, RawLabelSpace, str, str]] = {
     "gtav": (CITYSCAPES_19, "gtav", "labels", "images"),
     "synthia": (SYNTHIA_16, "synthia", "RAND_CITYSCAPES/GT/LABELS", "RAND_CITYSCAPES/RGB"),
 }
@@ -157,7 +157,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _load_pickle(path: Path) -> LabelInfo:
     try:
         with path.open("rb") as handle:
-            obj = _RestrictedUnpickler(handle, path).load()  # type: ignore[arg-type]
+            obj = _RestrictedUnpickler(handle, path).load()
     except ProcaError:
         raise
     except Exception as err:  # any parse failure of an untrusted file is a user error
