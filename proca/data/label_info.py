@@ -419,24 +419,13 @@ class _progress:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda skipped: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]} files/s, skipped {task.fields[skipped]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
+            TextColumn("{task.fields[rate]} files/s, {task.fields[skipped]} skipped, ETA"),
             TimeRemainingColumn(),
         )
         self._bar.__enter__()

@@ -190,3 +190,21 @@ def test_errors_name_the_path(tmp_path: Path) -> None:
     (root / "labels" / "00001.png").unlink()
     with pytest.raises(DataError, match=r"GTA5 label file .*labels/00001\.png does not exist"):
         GTA5Dataset(root)
+
+
+def test_pipeline_label_info_sampler_loader(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from proca.data import ClassBalancedSampler, build_label_info
+    from proca.data import transforms as T
+
+    rng = np.random.default_rng(5)
+    root = make_gtav(tmp_path / "gtav", [rng.choice([7, 8, 26, 33], (12, 20)).astype(np.uint8) for _ in range(6)])
+    info = build_label_info("gtav", root, workers=1)
+    ds = GTA5Dataset(root, files=info.files, transform=T.source_train_transform((8, 16)))
+    sampler = ClassBalancedSampler(info, 8, num_classes=19, seed=0)
+    batches = list(DataLoader(ds, batch_size=4, sampler=sampler))
+    assert len(batches) == 2
+    assert batches[0]["image"].shape == (4, 3, 8, 16) and batches[0]["label"].shape == (4, 8, 16)
+    assert batches[0]["image"].dtype == torch.float32 and batches[0]["label"].dtype == torch.int64
+    assert set(batches[0]["label"].unique().tolist()) <= {0, 1, 13, 18}
