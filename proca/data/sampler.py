@@ -1,6 +1,6 @@
 """Class-balanced source sampling: the release's sub-epoch algorithm, lazy, seeded, resumable, DDP-aware.
 
-The release builds its whole training list up front (about 10 s for 720,000 draws, unseeded,
+The release builds its whole training list up front (40-70 s for 720,000 draws on our 2-core machine, unseeded,
 different on every GPU). :class:`ClassBalancedSampler` generates the same kind of stream one
 sub-epoch at a time:
 
