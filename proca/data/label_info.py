@@ -19,6 +19,7 @@ anything runs.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import multiprocessing as mp
@@ -29,12 +30,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from proca.data.classes import CITYSCAPES_19, SYNTHIA_16, ClassSet, RawLabelSpace
+from proca.data.classes import CITYSCAPES_19, SYNTHIA_16, ClassSet, RawLabelSpace, get_class_set
 from proca.errors import DataError, ProcaError
+
+if TYPE_CHECKING:
+    from proca.data._decode import LabelDecoder
 
 __all__ = [
     "SCHEMA",
@@ -253,9 +257,8 @@ def read_label_info(path: str | os.PathLike[str]) -> LabelInfo:
 @dataclass
 class _ScanJob:
     path: str
-    raw: str
-    lut: np.ndarray
-    num_classes: int
+    raw: RawLabelSpace
+    class_set: str  # a name, not the lookup table: a 64 KiB SYNTHIA table per job would swamp the pipe
 
 
 def scan_label_file(
@@ -274,7 +277,19 @@ def scan_label_file(
     """
     from proca.data._decode import LabelDecoder
 
-    decoder = LabelDecoder(lut, raw, num_classes=num_classes, strict=True)
+    return _count(LabelDecoder(lut, raw, num_classes=num_classes, strict=True), path)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(raw: RawLabelSpace, class_set: str) -> LabelDecoder:
+    from proca.data._decode import LabelDecoder
+
+    cset = get_class_set(class_set)
+    return LabelDecoder(cset.lookup_table(raw), raw, num_classes=cset.num_classes, strict=True)
+
+
+def _count(decoder: LabelDecoder, path: str | os.PathLike[str]) -> tuple[list[int], list[int]]:
+    num_classes = decoder.num_classes
     ids = decoder.raw_ids(path)
     raw_counts = np.bincount(ids.reshape(-1), minlength=256)  # ids are validated, so they fit the table
     table = decoder.lut[: len(raw_counts)]
@@ -285,7 +300,7 @@ def scan_label_file(
 
 def _scan_worker(job: _ScanJob) -> tuple[str, list[int] | None, list[int] | None, str | None]:
     try:
-        classes, pixels = scan_label_file(job.path, job.raw, job.lut, job.num_classes)
+        classes, pixels = _count(_decoder(job.raw, job.class_set), job.path)
     except ProcaError as err:
         return job.path, None, None, str(err)
     except Exception as err:  # reported by name in the parent
@@ -367,12 +382,12 @@ def build_label_info(
         raise DataError(f"unknown source dataset {dataset!r}; valid: {', '.join(_SOURCES)}")
     default_set, raw, _, _ = _SOURCES[dataset]
     cset = class_set or default_set
+    get_class_set(cset.name)  # workers look the class set up by name
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{dataset} root {root} does not exist; give the folder holding the dataset")
     label_dir, names = _source_files(dataset, root, list_file)
-    lut = cset.lookup_table(raw)
-    jobs = [_ScanJob(str(label_dir / n), raw, lut, cset.num_classes) for n in names]
+    jobs = [_ScanJob(str(label_dir / n), raw, cset.name) for n in names]
     if workers <= 0:
         workers = os.cpu_count() or 1
     workers = min(workers, max(1, len(jobs)))
