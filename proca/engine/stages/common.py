@@ -278,8 +278,8 @@ def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = Tr
             f"no --backbone-weights: {cfg.arch} starts from random weights; the paper's numbers need the "
             "ImageNet weights (e.g. resnet101-5d3b4d8f.pth)."
         )
-        warnings.warn(message, stacklevel=2)
-        ctx.say(f"[yellow]warning:[/] {message}")
+        if ctx.is_main:
+            warnings.warn(message, stacklevel=2)
     return build_model(cfg.arch, num_classes=cfg.num_classes, backbone_weights=weights, norm=cfg.norm)
 
 
@@ -303,7 +303,7 @@ def prepare_for_training(ctx: RunContext, model: nn.Module) -> nn.Module:
             converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             assert converted is model
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        net = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+        net = DistributedDataParallel(net, device_ids=ids)
     return net
 
 

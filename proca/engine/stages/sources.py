@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from proca.engine.launch import barrier
+from proca.engine.launch import any_flag, barrier
 from proca.engine.stages.common import RunContext, class_balanced_stream, uniform_stream
 from proca.errors import DataError
 
@@ -30,13 +30,16 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False) -> Path:
     """The source label info: ``SRC_ROOT/<src>_label_info.json`` (or the release's ``.p``) if present,
     else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing."""
     root = source_root(ctx)
-    for candidate in (
+    candidates = (
         root / f"{ctx.cfg.src}_label_info.json",
         root / f"{ctx.cfg.src}_label_info.p",
         ctx.path(f"{ctx.cfg.src}_label_info.json"),
-    ):
-        if candidate.is_file():
-            return candidate
+    )
+    found = next((c for c in candidates if c.is_file()), None)
+    # a collective: every process has looked before process 0 may write the file below
+    if not any_flag(found is None, ctx.device):
+        assert found is not None
+        return found
     target = ctx.path(f"{ctx.cfg.src}_label_info.json")
     if ctx.is_main:
         from proca.data.label_info import build_label_info
