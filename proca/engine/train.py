@@ -46,7 +46,7 @@ from proca.engine.launch import (
 from proca.errors import ConfigError, ProcaError
 from proca.io import atomic_write_json
 
-__all__ = ["STAGES", "StageName", "run_pipeline", "run_train", "stage_outputs"]
+__all__ = ["STAGES", "StageName", "run_pipeline", "run_train", "seeded_run", "stage_outputs"]
 
 STAGES = ("source", "prototypes", "proca", "pseudo-label", "ssl")
 StageName = str
@@ -178,7 +178,7 @@ def _check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+def seeded_run(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
     """Deterministic kernels and seeded RNGs for the run; the previous global settings are restored after."""
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     bench = torch.backends.cudnn.benchmark
@@ -358,7 +358,7 @@ def run_train(
             if resume:
                 _check_resume_config(out, cfg)
         barrier()
-        with _deterministic(cfg, dist.device):
+        with seeded_run(cfg, dist.device):
             return run_pipeline(
                 cfg,
                 run_dir=out,
