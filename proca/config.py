@@ -220,12 +220,12 @@ class TrainConfig(_Model):
     checkpoint_every: int = Field(1000, gt=0, description="Write resumable state every N iterations.")
     log_every: int = Field(20, gt=0)
     max_nonfinite: int = Field(5, gt=0, description="Stop after this many non-finite losses in a row.")
-    source: SourceStageConfig = Field(default_factory=SourceStageConfig)
-    prototypes: PrototypeStageConfig = Field(default_factory=PrototypeStageConfig)
-    proca: ProcaStageConfig = Field(default_factory=ProcaStageConfig)
-    pseudo_label: PseudoLabelStageConfig = Field(default_factory=PseudoLabelStageConfig)
-    ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    source: SourceStageConfig = Field(default_factory=SourceStageConfig)  # type: ignore[arg-type]
+    prototypes: PrototypeStageConfig = Field(default_factory=PrototypeStageConfig)  # type: ignore[arg-type]
+    proca: ProcaStageConfig = Field(default_factory=ProcaStageConfig)  # type: ignore[arg-type]
+    pseudo_label: PseudoLabelStageConfig = Field(default_factory=PseudoLabelStageConfig)  # type: ignore[arg-type]
+    ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)  # type: ignore[arg-type]
+    eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _class_set_matches_source(self) -> TrainConfig:

@@ -96,12 +96,13 @@ def _save_examples(run_dir: Path, data_root: Path, out_dir: Path, cfg: Any, coun
     """Write ``count`` strips: image | ground truth | source-only | ProCA | self-training (coloured)."""
     from PIL import Image
 
+    from proca.data.classes import get_class_set
     from proca.data.datasets import CityscapesDataset
     from proca.data.transforms import denormalize, test_transform
     from proca.engine.inference import predict_probs
     from proca.models import load_model
 
-    class_set = CityscapesDataset(data_root / "cityscapes", split="val", labels=False).class_set
+    class_set = get_class_set(cfg.class_set)
     dataset = CityscapesDataset(data_root / "cityscapes", split="val", transform=test_transform(cfg.eval.input_size))
     models = [load_model(run_dir / f"{stage}.safetensors").model for stage in ("source", "proca", "ssl")]
     written = []

@@ -45,7 +45,7 @@ class TrainingState:
 
 def capture_rng() -> dict[str, Any]:
     """The current Python, NumPy, torch CPU and CUDA RNG states (tensors and JSON-able values)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

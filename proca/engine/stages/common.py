@@ -35,6 +35,7 @@ from proca.engine.runlog import RunLogger, truncate_log
 from proca.engine.schedule import BatchPlan, plan_batch, poly_lr, set_lr
 from proca.engine.state import load_training_state, restore_rng, save_training_state
 from proca.errors import CheckpointError, DataError, ProcaError
+from proca.models.deeplabv2 import DeepLabV2
 
 __all__ = [
     "STREAM_IDS",
@@ -252,7 +253,7 @@ class FeaturesForward(nn.Module):
         return self.model.forward_features(x)  # type: ignore[operator]
 
 
-def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> nn.Module:
+def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> DeepLabV2:
     """A model for a stage: loaded from a previous stage's checkpoint, or freshly built.
 
     Args:
@@ -292,7 +293,7 @@ def prepare_for_training(ctx: RunContext, model: nn.Module) -> nn.Module:
     """
     model.to(ctx.device)
     if ctx.cfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.to(memory_format=torch.channels_last)
     model.train()
     net: nn.Module = FeaturesForward(model)
     if ctx.dist.distributed:
@@ -307,7 +308,7 @@ def prepare_for_training(ctx: RunContext, model: nn.Module) -> nn.Module:
     return net
 
 
-def build_optimizer(model: nn.Module, section: Any) -> torch.optim.SGD:
+def build_optimizer(model: DeepLabV2, section: Any) -> torch.optim.SGD:
     """SGD with the release's groups: backbone at lr, head at ``head_lr_mult`` x lr, momentum, weight decay."""
     groups = model.param_groups(section.lr, head_lr_mult=section.head_lr_mult, weight_decay=section.weight_decay)
     return torch.optim.SGD(groups, lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
@@ -580,6 +581,9 @@ def run_training_loop(
                     info = {
                         "stage": stage,
                         "iteration": done,
+                        # the data streams are addressed by position: step t reads positions t*B .. t*B+B-1
+                        "stream_position": done * sc.plan.global_batch,
+                        "world_size": sc.plan.world_size,
                         "best_miou": best,
                         "best_iteration": best_it,
                         "nonfinite_total": nonfinite_total,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from proca.engine.stages.common import RunContext, build_stage_model
 from proca.engine.stages.sources import source_dataset
 from proca.errors import CheckpointError
 from proca.io import atomic_write_bytes
+from proca.models.deeplabv2 import DeepLabV2
+from proca.prototypes import PrototypeEstimator
 
 __all__ = ["PROTOTYPE_LEVELS", "init_prototypes", "load_prototypes", "run_prototype_stage", "save_prototypes"]
 
@@ -23,7 +26,7 @@ PROTOTYPE_LEVELS = ("feature", "output")
 _HEADER = "proca_prototypes"
 
 
-def save_prototypes(path: str | Path, estimators: dict[str, nn.Module], metadata: dict[str, Any]) -> None:
+def save_prototypes(path: str | Path, estimators: Mapping[str, nn.Module], metadata: dict[str, Any]) -> None:
     """Write both prototype sets into one safetensors file (``<level>.prototypes``, ``<level>.counts``)."""
     from safetensors.torch import save
 
@@ -58,7 +61,7 @@ def load_prototypes(path: str | Path) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def init_prototypes(ctx: RunContext, model: nn.Module) -> dict[str, nn.Module]:
+def init_prototypes(ctx: RunContext, model: DeepLabV2) -> dict[str, PrototypeEstimator]:
     """One eval-mode pass over the source train set: exact class means at both levels.
 
     Every process handles its share of the images; the per-class sums and counts are then
@@ -67,7 +70,7 @@ def init_prototypes(ctx: RunContext, model: nn.Module) -> dict[str, nn.Module]:
     Shape:
         features (B, A, h, w) and logits (B, C, h, w) against labels downsampled to (B, h, w).
     """
-    from proca.prototypes import PrototypeEstimator, downsample_labels
+    from proca.prototypes import downsample_labels
 
     cfg = ctx.cfg
     section = cfg.prototypes
