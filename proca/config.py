@@ -122,7 +122,8 @@ class ProcaStageConfig(_SolverFields):
     """Stage 3, ProCA adaptation: supervised source loss + feature- and output-level prototype contrast.
 
     ``batch_size`` counts source and target images together (the release's ``BATCH_SIZE // 2`` of
-    each): 8 means 4 source + 4 target images per step, 1 + 1 per GPU on 4 GPUs.
+    each): 8 means 4 source + 4 target images per step, 1 + 1 per GPU on 4 GPUs. ``per_device_batch``
+    also counts both domains (2 = one source and one target image per forward pair).
     """
 
     init_from: CheckpointChoice = Field("last", description="Which stage-1 checkpoint to start from (release: last).")
