@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -103,18 +104,20 @@ def _measure_memory(fn: Callable[[], Any], device: torch.device) -> int:
     return _status("VmHWM:") - before
 
 
-def _time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    times = []
+def _time(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median wall-clock seconds and median process CPU seconds (all threads) of ``repeats`` calls."""
+    times, cpu = [], []
     for _ in range(repeats):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        cpu.append(time.process_time() - cpu_start)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def _inputs(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
@@ -170,8 +173,8 @@ def _case(name: str, args: argparse.Namespace, queue: Any) -> None:
     fn()  # warm-up
     memory = _measure_memory(fn, device)
     repeats = args.slow_repeats if name.endswith(("release", "naive")) and name.startswith("update") else args.repeats
-    seconds = _time(fn, device, repeats)
-    queue.put({"case": name, "seconds": seconds, "extra_bytes": memory})
+    seconds, cpu_seconds = _time(fn, device, repeats)
+    queue.put({"case": name, "seconds": seconds, "cpu_seconds": cpu_seconds, "extra_bytes": memory})
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -207,26 +210,32 @@ def main() -> None:
     cases = ["update/proca", "update/release", "loss/proca", "loss/release"]
     cases += [] if args.skip_naive else ["loss/naive"]
     cases += ["loss-image/proca", "loss-image/release"]
+    load_before = os.getloadavg()
     results = {}
     for name in cases:
         results[name] = run_case(name, args)
         print(f"  {name}: {results[name]['seconds'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
 
+    load_after = os.getloadavg()
     n = args.batch * args.height * args.width
     print(
         f"N = {n:,} ({args.batch}x{args.height}x{args.width}), A = {args.dim}, C = {args.classes}, "
         f"{args.ignore_frac:.0%} ignored, device {args.device}, threads {args.threads}, torch {torch.__version__}"
     )
+    print(f"1-minute load average {load_before[0]:.1f} before, {load_after[0]:.1f} after ({os.cpu_count()} CPUs)")
     print()
-    print("| case | median time (ms) | extra peak memory (MiB) | speed-up | memory ratio |")
-    print("|---|---:|---:|---:|---:|")
+    print("| case | median wall (ms) | median CPU (ms) | extra peak memory (MiB) | speed-up (wall) | memory ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, res in results.items():
         group, kind = name.split("/")
         ours = results[f"{group}/proca"]
         speed = res["seconds"] / ours["seconds"]
         ratio = res["extra_bytes"] / max(ours["extra_bytes"], 1)
-        vs = "- | -" if kind == "proca" else f"{speed:.1f}x | {ratio:.1f}x"
-        print(f"| {name} | {res['seconds'] * 1e3:.1f} | {res['extra_bytes'] / 2**20:.1f} | {vs} |")
+        vs = "- | -" if kind == "proca" else f"{speed:.1f}x | {ratio:.0f}x"
+        print(
+            f"| {name} | {res['seconds'] * 1e3:.1f} | {res['cpu_seconds'] * 1e3:.1f} | "
+            f"{res['extra_bytes'] / 2**20:.1f} | {vs} |"
+        )
     if args.json:
         atomic_write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results})
 

@@ -110,17 +110,17 @@ class PrototypeEstimator(nn.Module):
 
     def _apply_sums(self, sums: Tensor, counts: Tensor) -> None:
         """Update from per-class sums (C, A) and counts (C,) that already cover every rank."""
-        present = counts > 0
+        present = (counts > 0).unsqueeze(1)
         old = self.prototypes.to(sums.dtype)
-        mean = sums / counts.clamp_min(1).to(sums.dtype).unsqueeze(1)
+        n = counts.to(sums.dtype)
         if self.momentum is None:
-            total = counts + self.counts
-            weight = (counts.to(sums.dtype) / total.clamp_min(1).to(sums.dtype)).unsqueeze(1)
+            weight = n / (n + self.counts.to(sums.dtype))
         else:
             # first sighting of a class: take its batch mean instead of blending with the zero init
-            weight = torch.where(self.counts == 0, 1.0, self.momentum).to(sums.dtype).unsqueeze(1)
-        new = old.mul(1.0 - weight).add_(mean.mul(weight))
-        self.prototypes.copy_(torch.where(present.unsqueeze(1), new, old))
+            weight = torch.where(self.counts == 0, 1.0, self.momentum).to(sums.dtype)
+        # rows of absent classes hold 0/0 here and are discarded by the where
+        new = torch.lerp(old, sums / n.unsqueeze(1), weight.unsqueeze(1))
+        self.prototypes.copy_(torch.where(present, new, old))
         self.counts.add_(counts)
 
     def reset(self) -> None:

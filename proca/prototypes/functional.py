@@ -43,6 +43,24 @@ def _as_pixels(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     raise DataError(f"features must be (N, A) or (B, A, H, W), got shape {tuple(features.shape)}.")
 
 
+def _chunked_matmul(weights: Tensor, pixels: Tensor, acc: torch.dtype) -> Tensor:
+    """``weights @ pixels`` as one batched product over chunks of ``_CHUNK`` pixels, chunk results added in ``acc``.
+
+    Shape:
+        weights (C, M); pixels (M, A) (any strides) -> (C, A).
+    """
+    num_pixels, dim = pixels.shape
+    full = num_pixels // _CHUNK * _CHUNK
+    out = weights.new_zeros((weights.shape[0], dim), dtype=acc)
+    if full:
+        w = weights[:, :full].reshape(weights.shape[0], -1, _CHUNK).transpose(0, 1)  # (K, C, n) view
+        x = pixels[:full].reshape(-1, _CHUNK, dim)  # (K, n, A) view
+        out += torch.bmm(w, x).sum(0, dtype=acc)
+    if full < num_pixels:
+        out += weights[:, full:] @ pixels[full:]
+    return out
+
+
 def class_sums(features: Tensor, labels: Tensor, num_classes: int, *, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
     """Sum the feature vectors of each class and count its pixels.
 
@@ -70,21 +88,20 @@ def class_sums(features: Tensor, labels: Tensor, num_classes: int, *, ignore_ind
         raise DataError(f"features must be a floating-point tensor, got dtype {features.dtype}.")
     feats, labs = _as_pixels(features, labels)
     labs = labs.to(device=feats.device)
-    num_pixels = feats.shape[2]
-    dim = feats.shape[1]
     acc = accumulation_dtype(feats.device)
-    sums = feats.new_zeros((num_classes, dim), dtype=acc)
-    counts = feats.new_zeros((num_classes,), dtype=torch.int64)
     classes = torch.arange(num_classes, device=feats.device).view(1, num_classes, 1)
     onehot = labs.unsqueeze(1) == classes  # (B, C, M); ignored and out-of-range labels match no class
     counts = onehot.sum((0, 2))
-    work = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
-    weights = onehot.to(work)
-    sums = feats.new_zeros((num_classes, dim), dtype=acc)
+    half = feats.dtype in (torch.float16, torch.bfloat16)
+    weights = onehot.to(torch.float32 if half else feats.dtype)
+    sums = feats.new_zeros((num_classes, feats.shape[1]), dtype=acc)
     for b in range(feats.shape[0]):
-        for start in range(0, num_pixels, _CHUNK):
-            chunk = feats[b, :, start : start + _CHUNK].to(work)  # (A, n): a view unless upcast
-            sums.add_(weights[b, :, start : start + _CHUNK] @ chunk.t())
+        pixels = feats[b].t()  # (M, A): a view, rows are pixels
+        if half:  # upcast chunk by chunk so that the float32 copy stays small
+            for start in range(0, pixels.shape[0], _CHUNK):
+                sums.add_(weights[b, :, start : start + _CHUNK] @ pixels[start : start + _CHUNK].float())
+        else:
+            sums.add_(_chunked_matmul(weights[b], pixels, acc))
     valid = (labs != ignore_index).sum()
     if labs.numel() and bool(counts.sum() != valid):
         raise DataError(
