@@ -304,7 +304,12 @@ def prepare_for_training(ctx: RunContext, model: nn.Module) -> nn.Module:
             converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             assert converted is model
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        net = DistributedDataParallel(net, device_ids=ids)
+        # Each step runs two forward passes (source, target) before one backward. On CUDA, cuDNN's
+        # batch norm saves the running statistics for backward, and DDP's buffer broadcast at the
+        # second forward modifies them in place: autograd then fails ("modified by an inplace
+        # operation", measured on an H100 with NCCL). SyncBatchNorm keeps the statistics equal on
+        # every rank there anyway, so buffers are broadcast only on CPU (gloo, no SyncBatchNorm).
+        net = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=ctx.device.type == "cpu")
     return net
 
 
