@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per fast case (median)")
     parser.add_argument("--slow-repeats", type=int, default=3, help="timed runs of the release's update")
     parser.add_argument("--skip-naive", action="store_true", help="skip the N x C x A broadcast loss")
+    parser.add_argument("--only", default="", help="run only the cases whose name starts with this (e.g. update)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
     if args.device == "cpu" and not Path("/proc/self/clear_refs").exists():
@@ -210,6 +211,7 @@ def main() -> None:
     cases = ["update/proca", "update/release", "loss/proca", "loss/release"]
     cases += [] if args.skip_naive else ["loss/naive"]
     cases += ["loss-image/proca", "loss-image/release"]
+    cases = [name for name in cases if name.startswith(args.only)]
     load_before = os.getloadavg()
     results = {}
     for name in cases:

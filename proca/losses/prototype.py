@@ -17,6 +17,33 @@ __all__ = ["PrototypeContrastiveLoss", "prototype_contrastive_loss"]
 _EPS = 1e-12
 
 
+# Channels per step of the CPU norm over dim 1 of (B, A, M) features.
+_NORM_CHUNK = 128
+
+
+def _channel_norm_cpu(features: Tensor, acc: torch.dtype) -> Tensor:
+    """L2 norm over dim 1 of (B, A, M) features, channel block by channel block.
+
+    On the CPU, ``torch.linalg.vector_norm`` over a non-innermost dimension is ~10x slower than summing
+    squares of a block of channels with contiguous rows (measured: 0.5 s vs 0.05 s for 2 x 2048 x 14,400).
+
+    Shape:
+        features (B, A, M) -> (B, M).
+    """
+    b, a, m = features.shape
+    total = features.new_zeros((b, m), dtype=acc)
+    block = features.new_empty((b, min(a, _NORM_CHUNK), m), dtype=acc)
+    for start in range(0, a, _NORM_CHUNK):
+        src = features[:, start : start + _NORM_CHUNK]
+        dst = block[:, : src.shape[1]]
+        if src.dtype == acc:
+            torch.mul(src, src, out=dst)
+        else:
+            dst.copy_(src).mul_(dst)
+        total += dst.sum(1)
+    return total.sqrt_()
+
+
 class _CosineLogits(torch.autograd.Function):
     """``logits[c] = (f . p_c) * scale / max(||f||, eps)`` along dim 1, with a fused backward.
 
@@ -31,7 +58,10 @@ class _CosineLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, features: Tensor, protos: Tensor, scale: float) -> Tensor:
         acc = torch.float64 if features.dtype == torch.float64 else torch.float32
-        norm = torch.linalg.vector_norm(features, dim=1, dtype=acc)
+        if features.dim() == 3 and features.device.type == "cpu":
+            norm = _channel_norm_cpu(features, acc)
+        else:
+            norm = torch.linalg.vector_norm(features, dim=1, dtype=acc)
         inv = norm.clamp_min(_EPS).reciprocal()
         raw = features @ protos.t() if features.dim() == 2 else torch.matmul(protos, features)
         ctx.save_for_backward(features, protos, raw, inv, norm > _EPS)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proca.errors import ConfigError, DataError
-from proca.prototypes import class_sums, confident_labels, downsample_labels
+from proca.prototypes import class_sums, confident_labels, downsample_labels, functional
 
 IGNORE = 255
 
@@ -44,9 +44,12 @@ def test_class_sums_match_naive(n: int, dim: int, num_classes: int, ignore_frac:
     torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
 
 
-def test_class_sums_chunks_and_layouts_agree() -> None:
+@pytest.mark.parametrize("chunk", [1000, 16384])
+def test_class_sums_chunks_and_layouts_agree(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(functional, "_CHUNK", chunk)
+    monkeypatch.setattr(functional, "_HALF_CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
-    b, a, h, w, c = 2, 5, 50, 90, 7  # 4,500 pixels per image: more than one chunk
+    b, a, h, w, c = 2, 5, 50, 90, 7  # 4,500 pixels per image
     features = torch.randn(b, a, h, w, generator=g)
     labels = torch.randint(0, c, (b, h, w), generator=g)
     labels[torch.rand(b, h, w, generator=g) < 0.3] = IGNORE
@@ -57,6 +60,9 @@ def test_class_sums_chunks_and_layouts_agree() -> None:
     assert torch.equal(counts4, ref_counts) and torch.equal(counts2, ref_counts)
     torch.testing.assert_close(sums4, ref_sums, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(sums2, ref_sums, rtol=1e-6, atol=1e-4)
+    half_sums, _ = class_sums(features.to(torch.bfloat16), labels, c)
+    half_ref, _ = naive_sums(flat_feats.to(torch.bfloat16), labels.reshape(-1), c)
+    torch.testing.assert_close(half_sums, half_ref, rtol=1e-6, atol=1e-4)
 
 
 def test_ignored_pixels_never_matter() -> None:
