@@ -50,17 +50,23 @@ def _main(
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn user errors into one red line and exit status 2 (130 on Ctrl-C)."""
-    from proca.errors import ProcaError
+    """Turn user errors into one red line and exit status 2 (130 on Ctrl-C).
+
+    User errors are :class:`~proca.errors.ProcaError` (also when re-raised from a DataLoader worker) and
+    ``OSError`` (a folder that cannot be read, a full disk): neither is a bug to show a traceback for.
+    """
+    from proca.errors import ProcaError, user_message
 
     try:
         yield
-    except ProcaError as err:
+    except (ProcaError, OSError) as err:
         if _state["debug"]:
             raise
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        message = escape(user_message(err))
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         if _state["debug"]:

@@ -7,7 +7,9 @@ message on one line and exits with status 2; ``--debug`` shows the traceback ins
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "ProcaError"]
+import re
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "OutputError", "ProcaError", "user_message"]
 
 
 class ProcaError(Exception):
@@ -24,3 +26,26 @@ class CheckpointError(ProcaError, ValueError):
 
 class ConfigError(ProcaError, ValueError):
     """A configuration key or value is invalid."""
+
+
+class OutputError(ProcaError, OSError):
+    """A file could not be written (disk full, no permission, the target is a folder); nothing was left half-written."""
+
+
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+
+
+def user_message(err: BaseException) -> str:
+    """The one-line message of a user error, as the CLI prints it.
+
+    A :class:`ProcaError` raised inside a DataLoader worker comes back re-raised with the worker's
+    traceback in its message; only the original message (its last line) is kept.
+    """
+    text = str(err).strip()
+    if _WORKER.match(text) and "Traceback" in text:
+        last = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+    if isinstance(err, OSError) and not isinstance(err, ProcaError):
+        reason = err.strerror or text
+        text = f"{err.filename}: {reason}" if err.filename else reason
+    return text

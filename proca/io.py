@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from proca.errors import OutputError, ProcaError
+
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_image_atomic"]
 
 
@@ -31,10 +33,18 @@ def atomic_write(path: str | os.PathLike[str], mode: Literal["wb", "w"] = "wb") 
 
     The parent folder is created when missing. On an exception the temporary file is removed and
     ``path`` is left untouched.
+
+    Raises:
+        OutputError: the file cannot be written (a folder, no permission, disk full); an ``OSError`` too.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise OutputError(f"cannot write {target}: it is a folder; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise _output_error(target, err) from err
     tmp = Path(tmp_name)
     try:
         encoding = "utf-8" if mode == "w" else None
@@ -44,10 +54,17 @@ def atomic_write(path: str | os.PathLike[str], mode: Literal["wb", "w"] = "wb") 
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and not isinstance(err, ProcaError):
+            raise _output_error(target, err) from err
         raise
+
+
+def _output_error(target: Path, err: OSError) -> OutputError:
+    reason = err.strerror or str(err) or type(err).__name__
+    return OutputError(f"cannot write {target} ({reason}); check the path, the free disk space and the permissions")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,7 +193,9 @@ def _read_bytes(path: str | os.PathLike[str], what: str, layout: str) -> torch.T
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    line = text[0] if text else type(err).__name__
+    # torchvision prefixes its C++ location ("decode_png, /__w/.../decode_png.cpp:79, "): not the user's concern
+    return re.sub(r"^[\w:()]+, \S+\.cpp:\d+, ", "", line)
 
 
 def _hint(layout: str) -> str:

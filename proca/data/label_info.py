@@ -385,7 +385,10 @@ def build_label_info(
     get_class_set(cset.name)  # workers look the class set up by name
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{dataset} root {root} does not exist; give the folder holding the dataset")
+        from proca.data.datasets import GTA5_LAYOUT, SYNTHIA_LAYOUT
+
+        layout = GTA5_LAYOUT if dataset == "gtav" else SYNTHIA_LAYOUT
+        raise DataError(f"{dataset} root {root} does not exist; give the dataset folder, laid out as {layout}")
     label_dir, names = _source_files(dataset, root, list_file)
     jobs = [_ScanJob(str(label_dir / n), raw, cset.name) for n in names]
     if workers <= 0:

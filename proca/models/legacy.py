@@ -100,9 +100,15 @@ def read_torch_file(path: str | os.PathLike[str], *, map_location: str | torch.d
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused is None:  # torch reports random bytes as a weights-only failure too
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint (corrupt, truncated or not a .pth file); give a released "
+                "ProCA/FADA/SDCA .pth or a proca .safetensors file"
+            ) from None
         raise CheckpointError(
-            f"{path} was refused: it holds Python objects other than tensors and plain containers, which could run "
-            f"code when unpickled, so proca does not load them ({_first_line(err)})"
+            f"{path} was refused: it references {refused.group(1)}, a Python object other than tensors and plain "
+            "containers that could run code when unpickled, so proca does not load it"
         ) from None
     except Exception as err:  # zip/pickle readers raise many types for truncated or corrupt files
         raise CheckpointError(
