@@ -110,7 +110,7 @@ def _save_examples(run_dir: Path, data_root: Path, out_dir: Path, cfg: Any, coun
         sample = dataset[i]
         image = sample["image"].as_subclass(torch.Tensor)
         label = sample["label"].as_subclass(torch.Tensor)
-        tiles = [(denormalize(image).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()]
+        tiles = [denormalize(image).permute(1, 2, 0).numpy()]  # uint8 RGB
         tiles[0] = np.asarray(Image.fromarray(tiles[0]).resize((label.shape[1], label.shape[0])))
         tiles.append(class_set.colorize(label.numpy()))
         for model in models:

@@ -46,6 +46,12 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path: Path, monkeypatc
     for key in ("source_only_miou", "proca_miou", "final_miou"):
         assert 0 <= summary[key] <= 100
     assert summary["seconds"] > 0 and summary["seed"] == 1
-    assert len(list((out / "examples").glob("*.png"))) == 1
+    examples = list((out / "examples").glob("*.png"))
+    assert len(examples) == 1
+    import numpy as np
+    from PIL import Image
+
+    strip = np.asarray(Image.open(examples[0]))
+    assert strip.shape == (32, 5 * 64, 3) and strip[:, :64].std() > 5  # photo | truth | 3 predictions
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
