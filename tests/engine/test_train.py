@@ -196,3 +196,8 @@ def test_whole_recipe_through_the_cli(synth: Path, tmp_path: Path) -> None:
     assert skipped.exit_code == 0 and skipped.output.count("skipped") == 5
     changed = runner.invoke(app, [*args, "--resume", "--set", "proca.temperature=0.1"])
     assert changed.exit_code == 2 and "proca.temperature" in changed.output
+    (run / "notes.txt").write_text("mine")
+    forced = runner.invoke(app, [*args, "--force", "--stage", "source"])
+    assert forced.exit_code == 0, forced.output
+    assert (run / "source.safetensors").is_file() and not (run / "proca.safetensors").exists()
+    assert not (run / "pseudo_labels").exists() and (run / "notes.txt").read_text() == "mine"  # only proca's files go
