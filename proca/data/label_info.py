@@ -176,9 +176,12 @@ def _load_pickle(path: Path) -> LabelInfo:
     num_classes = len(label_to_file)
     mapping: dict[str, list[int]] = {}
     for name, classes in file_to_label.items():
-        if not isinstance(name, str) or not isinstance(classes, (list, tuple, set)):
+        if not isinstance(name, str) or not isinstance(classes, (list, tuple, set, frozenset)):
             raise DataError(f"{path}: file_to_label entry {name!r} is not file name -> list of train ids")
-        ids = sorted({int(c) for c in classes})
+        try:
+            ids = sorted({_train_id(c) for c in classes})
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"{path}: file_to_label[{name!r}] holds {classes!r}, not a list of train ids") from None
         if ids and (ids[0] < 0 or ids[-1] >= num_classes):
             raise DataError(f"{path}: file {name} lists train ids {ids} outside 0..{num_classes - 1}")
         mapping[name] = ids
@@ -214,21 +217,41 @@ def _load_json(path: Path) -> LabelInfo:
         )
     try:
         files = [str(r["file"]) for r in doc["files"]]
-        mapping = {str(r["file"]): [int(c) for c in r["classes"]] for r in doc["files"]}
+        mapping = {str(r["file"]): [_train_id(c) for c in r["classes"]] for r in doc["files"]}
         has_pixels = all("pixels" in r for r in doc["files"])
         pixels = {str(r["file"]): [int(n) for n in r["pixels"]] for r in doc["files"]} if has_pixels else None
         num_classes = doc.get("num_classes")
-    except (KeyError, TypeError, ValueError) as err:
+        num_classes = _train_id(num_classes) if num_classes is not None else None
+        skipped = [str(s) for s in doc.get("skipped", [])]
+        class_set = doc.get("class_set")
+        dataset = doc.get("dataset")
+        if not (class_set is None or isinstance(class_set, str)) or not (dataset is None or isinstance(dataset, str)):
+            raise TypeError("class_set and dataset must be strings")
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise DataError(f"{path}: malformed label-info entry ({type(err).__name__}: {err}); regenerate it") from None
+    if num_classes is not None:
+        bad = next((f for f, ids in mapping.items() if any(c >= num_classes for c in ids)), None)
+        if bad is not None:
+            raise DataError(f"{path}: file {bad} lists train ids {mapping[bad]} outside 0..{num_classes - 1}")
     return LabelInfo(
         files=files,
         file_to_classes=mapping,
         pixel_counts=pixels,
-        num_classes=int(num_classes) if num_classes is not None else None,
-        class_set=doc.get("class_set"),
-        dataset=doc.get("dataset"),
-        skipped=[str(s) for s in doc.get("skipped", [])],
+        num_classes=num_classes,
+        class_set=class_set,
+        dataset=dataset,
+        skipped=skipped,
     )
+
+
+def _train_id(value: Any) -> int:
+    """A non-negative integer train id (or class count) from an untrusted file; ValueError/TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{value!r} is not an integer")
+    number = int(value)
+    if number < 0 or (number != value and not isinstance(value, str)):
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return number
 
 
 def read_label_info(path: str | os.PathLike[str]) -> LabelInfo:
