@@ -353,6 +353,7 @@ def _proca(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_subprocess_one_line_and_debug_traceback(tmp_path: Path, data_root: Path) -> None:
     garbage = tmp_path / "model.safetensors"
     garbage.write_bytes(b"\x00" * 64)
@@ -364,3 +365,23 @@ def test_subprocess_one_line_and_debug_traceback(tmp_path: Path, data_root: Path
     debug = _proca("--debug", "train", "--set", "proca.temprature=1", "--out", tmp_path / "r", cwd=tmp_path)
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr and "proca.temperature" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    ("cmd", "setup", "words"),
+    [
+        ("synth", "non-empty", ["not empty", "--force"]),
+        ("synth", "file", ["is a file", "folder"]),
+        ("demo", "non-empty", ["already holds", "--force"]),
+    ],
+)
+def test_synth_and_demo_refuse_existing_out(cmd: str, setup: str, words: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    if setup == "file":
+        out.write_text("a file")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("keep")
+    args = ["synth", "--out", out, "--size", "32x64", "--train", "1", "--val", "1"] if cmd == "synth" else []
+    assert_user_error(invoke(args or ["demo", "--out", out]), "out", *words)
+    assert (out.read_text() if setup == "file" else (out / "keep.txt").read_text()) in ("a file", "keep")

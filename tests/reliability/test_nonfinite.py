@@ -18,6 +18,7 @@ import torch
 from tests.reliability.conftest import assert_user_error, invoke
 
 
+@pytest.mark.slow
 def test_nan_steps_are_skipped_counted_then_stop(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
