@@ -31,6 +31,7 @@ from proca.errors import ConfigError
 __all__ = [
     "PRESETS",
     "EvalConfig",
+    "MemoryBankConfig",
     "ProcaStageConfig",
     "PrototypeStageConfig",
     "PseudoLabelStageConfig",
@@ -118,6 +119,31 @@ class PrototypeStageConfig(_Model):
     _size = field_validator("input_size")(_check_size)
 
 
+class MemoryBankConfig(_Model):
+    """The memory-bank variant's loss (``method = "memory-bank"``), see ``docs/memory_bank.md``.
+
+    Per step, anchors sampled from the source (ground truth; half mispredicted) and the target (confident
+    pseudo labels, ``proca.threshold``) are contrasted against per-class queues of stored pixel embeddings
+    and class means of a projection head's output; the batch is enqueued after the loss.
+    """
+
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature of the contrast (the release: undefined).")
+    base_temperature: float | None = Field(None, gt=0, description="Loss scale temperature/base; None: scale 1.")
+    denominator: Literal["all", "negatives"] = Field(
+        "all", description="all: SupCon over every bank entry; negatives: the released formula."
+    )
+    lambda_source: float = Field(1.0, ge=0, description="Weight of the source anchors' contrastive term.")
+    lambda_target: float = Field(1.0, ge=0, description="Weight of the target anchors' contrastive term.")
+    embedding_dim: int = Field(256, gt=0, description="Channels D of the projection head's output.")
+    hidden_dim: int = Field(2048, gt=0, description="Channels of the projection head's hidden layer.")
+    head_lr_mult: float = Field(10.0, gt=0, description="Learning-rate multiplier of the projection head.")
+    pixel_queue_size: int = Field(1000, gt=0, description="Stored pixel embeddings per class.")
+    prototype_queue_size: int = Field(1000, gt=0, description="Stored class means per class.")
+    pixels_per_class: int = Field(10, ge=0, description="Pixels enqueued per class, step and process.")
+    max_anchors_per_class: int = Field(10, ge=0, description="Anchors per class and domain per forward pass.")
+    min_pixels_per_class: int = Field(11, ge=1, description="Classes with fewer labelled pixels give no anchor.")
+
+
 class ProcaStageConfig(_SolverFields):
     """Stage 3, ProCA adaptation: supervised source loss + feature- and output-level prototype contrast.
 
@@ -144,6 +170,7 @@ class ProcaStageConfig(_SolverFields):
     prototype_momentum: float | None = Field(
         None, ge=0, lt=1, description="None: count-weighted running mean (release); else EMA with this momentum."
     )
+    memory_bank: MemoryBankConfig = Field(default_factory=MemoryBankConfig)  # type: ignore[arg-type]
 
     _size = field_validator("source_size", "target_size")(_check_size)
 
@@ -210,7 +237,9 @@ class TrainConfig(_Model):
     src: Literal["gtav", "synthia"] = "gtav"
     tgt: Literal["cityscapes"] = "cityscapes"
     class_set: Literal["cityscapes19", "synthia16"] = "cityscapes19"
-    method: Literal["prototype"] = "prototype"
+    method: Literal["prototype", "memory-bank"] = Field(
+        "prototype", description="Adaptation loss of the proca stage: prototype (the paper) or memory-bank."
+    )
     arch: str = "deeplabv2_resnet101"
     norm: Literal["batch", "frozen"] = "batch"
     seed: int = 0
@@ -299,6 +328,21 @@ def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
             "multi_level": True,
             "temperature": 50.0,
             "prototype_momentum": None,
+            "memory_bank": {
+                "temperature": 0.1,
+                "base_temperature": None,
+                "denominator": "all",
+                "lambda_source": 1.0,
+                "lambda_target": 1.0,
+                "embedding_dim": 256,
+                "hidden_dim": 2048,
+                "head_lr_mult": 10.0,
+                "pixel_queue_size": 1000,
+                "prototype_queue_size": 1000,
+                "pixels_per_class": 10,
+                "max_anchors_per_class": 10,
+                "min_pixels_per_class": 11,
+            },
         },
         "pseudo_label": {"init_from": "best", "percent": 0.6, "cap": 0.9, "input_size": [512, 1024], "batch_size": 1},
         "ssl": {
@@ -554,9 +598,4 @@ def resolve_config(
         data["ssl"]["input_size"] = size
         data["ssl"]["scale_reference"] = size
         data["eval"]["input_size"] = size
-    if data.get("method") not in (None, "prototype"):
-        raise ConfigError(
-            f"--method {data['method']}: only 'prototype' (the paper's ProCA) is trained by this version; "
-            "use --method prototype."
-        )
     return _validate(data, "resolved config")

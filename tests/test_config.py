@@ -83,7 +83,7 @@ def test_cross_field_validation() -> None:
     with pytest.raises(ConfigError, match="scale"):
         resolve_config(overrides=["ssl.scale=[1.5, 0.5]"])
     with pytest.raises(ConfigError, match="memory-bank"):
-        resolve_config(method="memory-bank")
+        resolve_config(method="memory_bank")  # the valid names are listed
 
 
 def test_cli_options_apply_to_every_stage() -> None:

@@ -7,7 +7,7 @@ stage          reads                               writes (final file first)
 =============  ==================================  =============================================
 source         ImageNet weights, source, label     RUN/source.safetensors, source.best.safetensors
                info
-prototypes     RUN/source[.best].safetensors       RUN/prototypes.safetensors
+prototypes     RUN/source[.best].safetensors       RUN/prototypes.safetensors (not for memory-bank)
 proca          RUN/source[.best], prototypes       RUN/proca.safetensors, proca.best.safetensors
 pseudo-label   RUN/proca[.best].safetensors        RUN/pseudo_labels/
 ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best.safetensors
@@ -236,6 +236,12 @@ def run_pipeline(
         atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
     barrier()
     for stage in stages:
+        if stage == "prototypes" and cfg.method == "memory-bank":
+            ctx.say("[dim]prototypes: not needed by --method memory-bank, skipped[/]")
+            results[stage] = {"skipped": "not needed by method memory-bank"}
+            if ctx.is_main:
+                atomic_write_json(results_path, results)
+            continue
         if (run_dir / _FINAL[stage]).exists():
             ctx.say(f"[dim]{stage}: {run_dir / _FINAL[stage]} exists, skipped[/]")
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ from proca.engine.stages.prototypes import PROTOTYPE_LEVELS, load_prototypes
 from proca.engine.stages.sources import source_training_data, target_dataset
 from proca.errors import CheckpointError
 
-__all__ = ["proca_train_step", "run_proca_stage"]
+__all__ = ["adaptation_batches", "proca_train_step", "run_proca_stage", "source_init_checkpoint"]
 
 
 def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], dict[str, Any]]]) -> StepResult:
@@ -95,17 +97,74 @@ def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], 
     return accumulate_and_step(sc, micro_batches, compute)
 
 
+def source_init_checkpoint(ctx: RunContext) -> Path:
+    """The stage-1 checkpoint the adaptation starts from (``proca.init_from``).
+
+    Raises:
+        CheckpointError: the file does not exist.
+    """
+    init = ctx.path("source.safetensors" if ctx.cfg.proca.init_from == "last" else "source.best.safetensors")
+    if not init.is_file():
+        raise CheckpointError(f"{init} does not exist; run --stage source first (or set proca.init_from).")
+    return init
+
+
+def adaptation_batches(ctx: RunContext, plan: Any) -> Callable[[int], Iterator[list[tuple[Any, Any]]]]:
+    """``batches(start)`` for the adaptation stage: per step, this rank's (source, target) micro-batch pairs.
+
+    The source stream (class-balanced or uniform, colour-augmented) and the target stream (uniform) are
+    addressed by position, so step ``t``'s data is the same whatever the method, resume or world size.
+    """
+    cfg = ctx.cfg
+    section = cfg.proca
+    half = section.batch_size // 2
+    src_data, src_fetch = source_training_data(
+        ctx,
+        size=section.source_size,
+        jitter=section.color_jitter,
+        class_balanced=section.class_balanced,
+        total=section.iters * half,
+        seed_stream=STREAM_IDS["proca_source"],
+    )
+    tgt_data = target_dataset(ctx, size=section.target_size)
+    tgt_fetch = uniform_stream(len(tgt_data), seed=cfg.seed, stream=STREAM_IDS["proca_target"])  # type: ignore[arg-type]
+
+    def batches(start: int) -> Iterator[list[tuple[Any, Any]]]:
+        common = {"start": start, "end": section.iters, "seed": cfg.seed}
+        src_it = make_loader(
+            src_data,
+            StepBatchSampler(src_fetch, plan, stream=STREAM_IDS["proca_source"], **common),
+            num_workers=cfg.num_workers,
+            device=ctx.device,
+        )
+        tgt_it = make_loader(
+            tgt_data,
+            StepBatchSampler(tgt_fetch, plan, stream=STREAM_IDS["proca_target"], **common),
+            num_workers=cfg.num_workers,
+            device=ctx.device,
+        )
+        while True:
+            yield [(next(src_it), next(tgt_it)) for _ in range(plan.accum_steps)]
+
+    return batches
+
+
 def run_proca_stage(ctx: RunContext) -> LoopResult:
-    """Train stage 3 from the source checkpoint and the init prototypes (``RUN/proca.safetensors`` at the end)."""
+    """Train stage 3 from the source checkpoint and the init prototypes (``RUN/proca.safetensors`` at the end).
+
+    With ``method = "memory-bank"`` the stage trains the memory-bank variant instead
+    (:func:`proca.engine.stages.memory_bank.run_memory_bank_stage`; no init prototypes needed).
+    """
     from proca.losses import PrototypeContrastiveLoss
     from proca.prototypes import PrototypeEstimator
 
     cfg = ctx.cfg
+    if cfg.method == "memory-bank":
+        from proca.engine.stages.memory_bank import run_memory_bank_stage
+
+        return run_memory_bank_stage(ctx)
     section = cfg.proca
-    init = ctx.path("source.safetensors" if section.init_from == "last" else "source.best.safetensors")
-    if not init.is_file():
-        raise CheckpointError(f"{init} does not exist; run --stage source first (or set proca.init_from).")
-    model = build_stage_model(ctx, init)
+    model = build_stage_model(ctx, source_init_checkpoint(ctx))
     saved = load_prototypes(ctx.path("prototypes.safetensors"))
     dims = {"feature": model.feature_dim, "output": cfg.num_classes}
     estimators = {
@@ -141,33 +200,7 @@ def run_proca_stage(ctx: RunContext) -> LoopResult:
             "pcl": PrototypeContrastiveLoss(temperature=section.temperature),
         },
     )
-    src_data, src_fetch = source_training_data(
-        ctx,
-        size=section.source_size,
-        jitter=section.color_jitter,
-        class_balanced=section.class_balanced,
-        total=section.iters * half,
-        seed_stream=STREAM_IDS["proca_source"],
-    )
-    tgt_data = target_dataset(ctx, size=section.target_size)
-    tgt_fetch = uniform_stream(len(tgt_data), seed=cfg.seed, stream=STREAM_IDS["proca_target"])  # type: ignore[arg-type]
-
-    def batches(start: int) -> Any:
-        common = {"start": start, "end": section.iters, "seed": cfg.seed}
-        src_it = make_loader(
-            src_data,
-            StepBatchSampler(src_fetch, plan, stream=STREAM_IDS["proca_source"], **common),
-            num_workers=cfg.num_workers,
-            device=ctx.device,
-        )
-        tgt_it = make_loader(
-            tgt_data,
-            StepBatchSampler(tgt_fetch, plan, stream=STREAM_IDS["proca_target"], **common),
-            num_workers=cfg.num_workers,
-            device=ctx.device,
-        )
-        while True:
-            yield [(next(src_it), next(tgt_it)) for _ in range(plan.accum_steps)]
+    batches = adaptation_batches(ctx, plan)
 
     def prototypes() -> dict[str, Tensor]:
         return {f"{lv}.{n}": getattr(est, n) for lv, est in estimators.items() for n in ("prototypes", "counts")}

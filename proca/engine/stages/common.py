@@ -64,8 +64,8 @@ __all__ = [
     "uniform_stream",
 ]
 
-STREAM_IDS = {"source": 1, "proca_source": 2, "proca_target": 3, "ssl": 4}
-"""Seed streams of the training stages' data (part of every sample's seed)."""
+STREAM_IDS = {"source": 1, "proca_source": 2, "proca_target": 3, "ssl": 4, "memory_bank": 5}
+"""Seed streams of the training stages' data (part of every sample's seed) and of the memory bank's sampling."""
 
 
 @dataclass
@@ -243,14 +243,22 @@ def make_loader(
 
 
 class FeaturesForward(nn.Module):
-    """``forward(x) = model.forward_features(x)``, so DDP (which wraps ``forward``) sees both outputs."""
+    """``forward(x) = model.forward_features(x)``, so DDP (which wraps ``forward``) sees both outputs.
 
-    def __init__(self, model: nn.Module) -> None:
+    With a ``head`` (the memory-bank variant's projection head) the output is ``(features, logits,
+    head(features))``, so the head trains inside the same DDP module.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self.head = head
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.forward_features(x)  # type: ignore[operator]
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        features, logits = self.model.forward_features(x)  # type: ignore[operator]
+        if self.head is None:
+            return features, logits
+        return features, logits, self.head(features)
 
 
 def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> DeepLabV2:
@@ -284,25 +292,34 @@ def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = Tr
     return build_model(cfg.arch, num_classes=cfg.num_classes, backbone_weights=weights, norm=cfg.norm)
 
 
-def prepare_for_training(ctx: RunContext, model: nn.Module) -> nn.Module:
+def prepare_for_training(ctx: RunContext, model: nn.Module, head: nn.Module | None = None) -> nn.Module:
     """Move to the device, train mode, channels_last, SyncBatchNorm + DDP under several processes.
 
+    Args:
+        ctx: run context.
+        model: the segmentation model.
+        head: an extra module on the features trained with the model (the memory-bank projection head).
+
     Returns:
-        The network to call in train steps: ``net(x) -> (features, logits)``. ``model`` stays the
-        unwrapped module to save and evaluate.
+        The network to call in train steps: ``net(x) -> (features, logits)`` (``(features, logits,
+        embeddings)`` with a ``head``). ``model`` stays the unwrapped module to save and evaluate.
     """
-    model.to(ctx.device)
-    if ctx.cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    net: nn.Module = FeaturesForward(model)
+    modules = [model] if head is None else [model, head]
+    for module in modules:
+        module.to(ctx.device)
+        if ctx.cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+        module.train()
+    net: nn.Module = FeaturesForward(model, head)
     if ctx.dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        if ctx.cfg.norm != "frozen" and ctx.device.type != "cpu":
-            # SyncBatchNorm needs an accelerator; on CPU (gloo) each process normalises its own share
-            converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            assert converted is model
+        if ctx.device.type != "cpu":
+            # SyncBatchNorm needs an accelerator; on CPU (gloo) each process normalises its own share.
+            # A frozen-norm model keeps its BatchNorm; the head's BatchNorm always trains.
+            for module in modules if ctx.cfg.norm != "frozen" else modules[1:]:
+                converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                assert converted is module
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         # Each step runs two forward passes (source, target) before one backward. On CUDA, cuDNN's
         # batch norm saves the running statistics for backward, and DDP's buffer broadcast at the
@@ -502,6 +519,8 @@ def run_training_loop(
     train_step: Callable[[StepContext, Any], StepResult],
     prototypes: Callable[[], dict[str, Tensor]] | None = None,
     load_extra: Callable[[dict[str, Tensor]], None] | None = None,
+    state_extra: Callable[[], dict[str, Tensor]] | None = None,
+    synced: tuple[str, Callable[[], dict[str, Tensor]]] | None = None,
 ) -> LoopResult:
     """Run ``train_step`` from the resumed (or first) iteration to ``section.iters``, with everything around it.
 
@@ -519,7 +538,11 @@ def run_training_loop(
         batches: ``batches(start)`` -> iterator over the steps' inputs from iteration ``start``.
         train_step: the stage's step.
         prototypes: tensors saved with the checkpoints and the state (prototype buffers).
-        load_extra: restores those tensors from a resumed state.
+        load_extra: restores those tensors (and ``state_extra``'s) from a resumed state.
+        state_extra: tensors saved in the resumable state only, not in the checkpoints (training-only
+            state such as the memory-bank variant's projection head and queues).
+        synced: ``(name, tensors)``: tensors every process must hold identically, checked at the end under
+            several processes (event ``<name>_synced``), besides the prototypes.
     """
     cfg = ctx.cfg
     state_path = ctx.path(f"state/{stage}.safetensors")
@@ -597,17 +620,18 @@ def run_training_loop(
                     }
                     if sc.scaler.is_enabled():
                         info["scaler"] = sc.scaler.state_dict()
+                    extra = prototypes() if prototypes is not None else {}
+                    if state_extra is not None:
+                        extra = {**extra, **state_extra()}
                     save_training_state(
-                        state_path,
-                        model=sc.model,
-                        optimizer=sc.optimizer,
-                        info=info,
-                        extra=prototypes() if prototypes is not None else None,
+                        state_path, model=sc.model, optimizer=sc.optimizer, info=info, extra=extra or None
                     )
                 barrier()
                 logger.reset_timer(done)
         if prototypes is not None and ctx.dist.distributed:
             logger.log_event(section.iters, "prototypes_synced", identical=prototypes_identical(prototypes()))
+        if synced is not None and ctx.dist.distributed:
+            logger.log_event(section.iters, f"{synced[0]}_synced", identical=prototypes_identical(synced[1]()))
         if ctx.is_main:
             save_model_file(ctx, sc.model, final_path, stage, section.iters, last_metrics, prototypes)
             state_path.unlink(missing_ok=True)
