@@ -309,6 +309,11 @@ def run_eval(
         raise DataError(
             f"--data-root {data_root}: no such folder; give the Cityscapes root holding leftImg8bit/ and gtFine/."
         )
+    for flag, folder in (("--save-predictions", save_predictions), ("--report", report_dir)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise ConfigError(f"{flag} {folder} is a file; give a folder (new or existing).")
+    if json_path is not None and Path(json_path).is_dir():
+        raise ConfigError(f"--json {json_path} is a folder; give a file path such as {Path(json_path) / 'eval.json'}.")
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
     size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))

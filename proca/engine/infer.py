@@ -113,6 +113,8 @@ def run_infer(
         raise ConfigError(f"--format {fmt!r} is not an output format; valid: {', '.join(INFER_FORMATS)}.")
     if not inputs:
         raise DataError("no inputs given; name image files, folders or glob patterns.")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the predictions (new or existing).")
     dataset = ImageFolderDataset(list(inputs))
     if len(dataset) == 0:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}; give image files, folders or globs.")

@@ -315,8 +315,24 @@ def test_eval_json_path_is_a_folder(data_root: Path, checkpoints: dict[str, Path
     folder = tmp_path / "report"
     folder.mkdir()
     args = ["eval", checkpoints["c19"], "--data-root", data_root / "cityscapes", "--device", "cpu", "--json", folder]
-    assert_user_error(invoke(args), "report", "it is a folder")
+    assert_user_error(invoke(args), "--json", "report", "is a folder")
     assert list(tmp_path.glob(".*.tmp")) == []
+
+
+@pytest.mark.parametrize("cmd", ["infer", "eval-save-predictions", "eval-report", "pseudo-label"])
+def test_output_folder_is_a_file(cmd: str, data_root: Path, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.write_text("a file")
+    image = _first(data_root / "gtav/images", "*.png")
+    ckpt, city = checkpoints["c19"], data_root / "cityscapes"
+    args = {
+        "infer": ["infer", ckpt, image, "--out", out],
+        "eval-save-predictions": ["eval", ckpt, "--data-root", city, "--save-predictions", out],
+        "eval-report": ["eval", ckpt, "--data-root", city, "--report", out],
+        "pseudo-label": ["pseudo-label", ckpt, "--data-root", city, "--out", out],
+    }[cmd]
+    assert_user_error(invoke([*args, "--device", "cpu"]), "taken", "is a file", "folder")
+    assert out.read_text() == "a file"
 
 
 # ------------------------------------------------------------------------- messages from workers
