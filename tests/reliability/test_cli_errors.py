@@ -401,3 +401,23 @@ def test_synth_and_demo_refuse_existing_out(cmd: str, setup: str, words: list[st
     args = ["synth", "--out", out, "--size", "32x64", "--train", "1", "--val", "1"] if cmd == "synth" else []
     assert_user_error(invoke(args or ["demo", "--out", out]), "out", *words)
     assert (out.read_text() if setup == "file" else (out / "keep.txt").read_text()) in ("a file", "keep")
+
+
+@pytest.mark.parametrize("kind", ["other-class-set", "garbage"])
+def test_train_proca_stage_bad_prototypes(kind: str, data_root: Path, checkpoints: dict[str, Path], tmp_path: Path):
+    from proca.engine.stages.prototypes import save_prototypes
+    from proca.prototypes import PrototypeEstimator
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(checkpoints["c19"], out / "source.safetensors")
+    if kind == "garbage":
+        (out / "prototypes.safetensors").write_bytes(b"\x00" * 100)
+        words = ["prototypes.safetensors", "not a readable prototype file", "--stage prototypes"]
+    else:
+        levels = {"feature": PrototypeEstimator(16, 512), "output": PrototypeEstimator(16, 16)}
+        save_prototypes(out / "prototypes.safetensors", levels, {})
+        words = ["prototypes.safetensors", "(16, 512)", "(19, 512)", "--stage prototypes"]
+    args = ["--arch", "deeplabv2_resnet18", "--input-size", "32x64", "--iters", "1", "--device", "cpu"]
+    args += ["--stage", "proca", "--set", "num_workers=0", "--set", "proca.batch_size=2", "--resume"]
+    assert_user_error(invoke(["train", "--data-root", data_root, "--out", out, *args]), *words)
