@@ -117,8 +117,10 @@ def run_memory_bank_stage(ctx: RunContext) -> LoopResult:
     cfg = ctx.cfg
     section = cfg.proca
     mb = section.memory_bank
-    model = build_stage_model(ctx, source_init_checkpoint(ctx))
-    head = ProjectionHead(model.feature_dim, mb.hidden_dim, mb.embedding_dim)
+    with torch.random.fork_rng(devices=[]):  # the head's init depends on the seed only, not on earlier stages
+        torch.manual_seed(cfg.seed)
+        model = build_stage_model(ctx, source_init_checkpoint(ctx))
+        head = ProjectionHead(model.feature_dim, mb.hidden_dim, mb.embedding_dim)
     bank = MemoryBank(
         cfg.num_classes,
         mb.embedding_dim,
