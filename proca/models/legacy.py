@@ -17,7 +17,6 @@ without ``num_batches_tracked``) and the class count are inferred from the tenso
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from proca.models.backbones import BACKBONE_FEATURE_DIMS
 from proca.models.builders import build_model
 from proca.models.deeplabv2 import DeepLabV2, count_parameters
 from proca.models.metadata import CHECKPOINT_CLASS_NAMES, complete_metadata
+from proca.safeload import read_torch_file as _read_torch_file
 
 __all__ = [
     "ReleaseCheckpoint",
@@ -81,40 +81,11 @@ def _few(keys: list[str], limit: int = 5) -> str:
     return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
-def _first_line(err: BaseException, limit: int = 200) -> str:
-    text = str(err).strip().splitlines()
-    line = text[0] if text else type(err).__name__
-    return line if len(line) <= limit else line[:limit] + "..."
-
-
 def read_torch_file(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-sentence :class:`CheckpointError` messages.
-
-    Raises:
-        CheckpointError: the file is missing, corrupt or truncated, or holds objects other than tensors and
-            plain containers (refused unread: unpickling them could run code).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if refused is None:  # torch reports random bytes as a weights-only failure too
-            raise CheckpointError(
-                f"{path} is not a readable torch checkpoint (corrupt, truncated or not a .pth file); give a released "
-                "ProCA/FADA/SDCA .pth or a proca .safetensors file"
-            ) from None
-        raise CheckpointError(
-            f"{path} was refused: it references {refused.group(1)}, a Python object other than tensors and plain "
-            "containers that could run code when unpickled, so proca does not load it"
-        ) from None
-    except Exception as err:  # zip/pickle readers raise many types for truncated or corrupt files
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (corrupt or truncated?): {type(err).__name__}: "
-            f"{_first_line(err)}"
-        ) from None
+    """Read a released ``.pth`` file safely (``weights_only=True``); see :func:`proca.safeload.read_torch_file`."""
+    return _read_torch_file(
+        path, map_location=map_location, expected="a released ProCA/FADA/SDCA .pth or a proca .safetensors file"
+    )
 
 
 def _strip_module(state: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from proca.errors import CheckpointError, ConfigError
 from proca.io import atomic_write_bytes
 from proca.prototypes.functional import class_sums
+from proca.safeload import read_torch_file
 
 __all__ = ["PrototypeEstimator"]
 
@@ -213,10 +214,7 @@ def _read_safetensors(file: Path) -> tuple[Tensor, Tensor, dict[str, str]]:
 
 
 def _read_release(file: Path) -> tuple[Tensor, Tensor]:
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe pickles
-        raise CheckpointError(f"prototype file {file} could not be read as a release .pth file ({err}).") from err
+    state = read_torch_file(file, what="prototype file", expected="a proca .safetensors or a released prototype .pth")
     if not isinstance(state, dict) or not {"Proto", "Amount"} <= set(state):
         raise CheckpointError(f"release prototype file {file} must hold a dict with 'Proto' and 'Amount' tensors.")
     # the release kept counts in float32; round them back to integers
