@@ -50,7 +50,7 @@ CheckpointChoice = Literal["last", "best"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 def _check_size(value: Size) -> Size:
@@ -257,6 +257,15 @@ class TrainConfig(_Model):
     ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)  # type: ignore[arg-type]
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
 
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from proca.models import MODEL_BUILDERS
+
+        if value not in MODEL_BUILDERS:
+            raise ValueError(f"unknown architecture {value!r}; valid: {', '.join(MODEL_BUILDERS)}")
+        return value
+
     @model_validator(mode="after")
     def _class_set_matches_source(self) -> TrainConfig:
         expected = "synthia16" if self.src == "synthia" else "cityscapes19"
@@ -414,8 +423,7 @@ def _unknown_key_error(path: str, valid_here: Iterable[str], source: str) -> Con
     leaf = path.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, valid_here, n=1, cutoff=0.5)
     if not close:
-        close_full = difflib.get_close_matches(path, config_keys(), n=1, cutoff=0.6)
-        hint = f"did you mean {close_full[0]!r}?" if close_full else f"valid keys here: {', '.join(valid_here)}."
+        hint = f"valid keys{' in ' + parent.rstrip('.') if parent else ''}: {', '.join(valid_here)}."
     else:
         hint = f"did you mean {parent + close[0]!r}?"
     return ConfigError(f"unknown config key {path!r} ({source}); {hint}")
