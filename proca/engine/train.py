@@ -43,7 +43,7 @@ from proca.engine.launch import (
     launch_torchrun,
     torchrun_command,
 )
-from proca.errors import ConfigError, ProcaError
+from proca.errors import ConfigError, DataError, ProcaError
 from proca.io import atomic_write_json
 
 __all__ = ["STAGES", "StageName", "run_pipeline", "run_train", "seeded_run", "stage_outputs"]
@@ -58,8 +58,10 @@ _FINAL = {
     "pseudo-label": "pseudo_labels",
     "ssl": "ssl.safetensors",
 }
-# runtime-only keys that may differ between a run and its resume without changing the results
-_RESUME_FREE = {"num_workers"}
+# keys that may differ between a run and its resume: run-time only ones, which do not change the results,
+# and the stages' learning rates and non-finite limit, so that a run stopped by non-finite losses can go on
+# with a lower rate (the continuation then differs from the original schedule, by the user's choice)
+_RESUME_FREE = {"num_workers", "log_every", "max_nonfinite", "source.lr", "proca.lr", "ssl.lr"}
 
 
 def stage_outputs(stage: str) -> list[str]:
@@ -157,11 +159,27 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
-            if not prefix and key in _RESUME_FREE:
+            if f"{prefix}{key}" in _RESUME_FREE:
                 continue
             out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def _check_data_root(data_root: Path, src: str, stages: Sequence[str]) -> None:
+    """Fail before anything is written when the dataset folders the stages read are missing."""
+    from proca.data.datasets import CITYSCAPES_LAYOUT, GTA5_LAYOUT, SYNTHIA_LAYOUT
+
+    needed = [("cityscapes", CITYSCAPES_LAYOUT)]
+    if any(s in ("source", "prototypes", "proca") for s in stages):
+        needed.insert(0, (src, GTA5_LAYOUT if src == "gtav" else SYNTHIA_LAYOUT))
+    for name, layout in needed:
+        folder = data_root / name
+        if not folder.is_dir():
+            raise DataError(
+                f"dataset folder {folder} does not exist; --data-root must hold {name}/ laid out as {layout} "
+                f"(see docs/data.md, or try `proca synth --out {data_root}` for synthetic scenes)."
+            )
 
 
 def _check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
@@ -328,6 +346,7 @@ def run_train(
     stages = list(STAGES) if stage == "all" else [stage]
     cfg = _config_from(kwargs)
     out, data_root = Path(out), Path(data_root)
+    _check_data_root(data_root, cfg.src, stages)
     if gpus and nproc:
         raise ConfigError("--gpus (CUDA) and --nproc (CPU) exclude each other; give one of them.")
     if (gpus or nproc) and not in_torchrun():

@@ -550,8 +550,17 @@ def run_training_loop(
     best_path = ctx.path(f"{stage}.best.safetensors")
     start, best, best_it, nonfinite_total = 0, None, None, 0
     last_metrics: dict[str, Any] = {}
+    if ctx.dist.is_main and state_path.parent.is_dir():
+        # temporary files of a save interrupted by a kill: never valid, each as large as a checkpoint
+        for leftover in state_path.parent.glob(f".{state_path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
     if state_path.is_file():
-        state = load_training_state(state_path)
+        try:
+            state = load_training_state(state_path)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}; delete {state_path} to restart the stage {stage!r} from its beginning, or use --force"
+            ) from None
         if state.info.get("stage") != stage:
             raise CheckpointError(f"{state_path} belongs to stage {state.info.get('stage')!r}; use --force.")
         sc.model.load_state_dict(state.model)
@@ -585,7 +594,8 @@ def run_training_loop(
                 if in_a_row >= cfg.max_nonfinite:
                     raise ProcaError(
                         f"{stage}: the loss term {result.skipped!r} was not finite in {in_a_row} steps in a row "
-                        f"(last at iteration {done}); lower the learning rate or check the data, then --resume."
+                        f"(last at iteration {done}); lower the learning rate (--set {stage}.lr=...) or check the "
+                        "data, then --resume."
                     )
             else:
                 in_a_row = 0
