@@ -239,8 +239,7 @@ def test_sigkill_then_resume_equals_uninterrupted(base: dict[str, Path], tmp_pat
     assert int(saved.extra["memory_bank.pixel_filled"].sum()) > 0 and "projection_head.proj.0.weight" in saved.extra
     assert len(saved.optimizer["param_groups"]) == 3 and saved.optimizer["param_groups"][2]["name"] == "projection_head"
 
-    resumed = _proca(base, killed, "--resume")
-    assert resumed.wait() == 0, _tail(resumed)
+    run_train(stage="proca", method="memory-bank", resume=True, **_kwargs(base["synth"], killed, base["config"]))
     a, b = load_model(ref / "proca.safetensors"), load_model(killed / "proca.safetensors")
     for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         torch.testing.assert_close(y, x, rtol=0, atol=1e-6, msg=name)
