@@ -346,7 +346,6 @@ def run_train(
     stages = list(STAGES) if stage == "all" else [stage]
     cfg = _config_from(kwargs)
     out, data_root = Path(out), Path(data_root)
-    _check_data_root(data_root, cfg.src, stages)
     if gpus and nproc:
         raise ConfigError("--gpus (CUDA) and --nproc (CPU) exclude each other; give one of them.")
     if (gpus or nproc) and not in_torchrun():
@@ -359,6 +358,7 @@ def run_train(
             if device not in ("auto", "cpu"):
                 raise ConfigError(f"--nproc runs CPU processes (gloo); --device {device} does not fit, use cpu.")
             launch_device = "cpu"
+        _check_data_root(data_root, cfg.src, stages)
         cmd = torchrun_command(
             _train_args(kwargs, launch_device),
             nproc_per_node=gpus or nproc,
@@ -374,7 +374,9 @@ def run_train(
 
     from proca.engine.device import resolve_device
 
-    dist = init_distributed(resolve_device(device))
+    run_device = resolve_device(device)
+    _check_data_root(data_root, cfg.src, stages)
+    dist = init_distributed(run_device)
     try:
         if dist.is_main:
             _check_run_dir(out, stages, resume=resume, force=force)
