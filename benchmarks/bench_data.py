@@ -66,7 +66,9 @@ def _synthetic_info() -> LabelInfo:
     rng = np.random.default_rng(0)
     member = rng.random((24966, 19)) < np.array(freq)
     files = [f"{i + 1:05d}.png" for i in range(24966)]
-    return LabelInfo(files=files, file_to_classes={f: np.flatnonzero(m).tolist() for f, m in zip(files, member)})
+    return LabelInfo(
+        files=files, file_to_classes={f: np.flatnonzero(m).tolist() for f, m in zip(files, member, strict=True)}
+    )
 
 
 def _eager_list(info: LabelInfo, draws: int, num_classes: int = 19, sub_epoch: int = 3000) -> list[str]:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,8 +21,7 @@ from proca import __version__
 
 app = typer.Typer(
     name="proca",
-    help="Prototypical Contrast Adaptation for domain-adaptive semantic segmentation "
-    "(GTA5 / SYNTHIA -> Cityscapes).",
+    help="Prototypical Contrast Adaptation for domain-adaptive semantic segmentation (GTA5 / SYNTHIA -> Cityscapes).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -77,7 +76,7 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _parse_size(value: Optional[str]) -> Optional[tuple[int, int]]:
+def _parse_size(value: str | None) -> tuple[int, int] | None:
     """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``."""
     if value is None:
         return None
@@ -145,7 +144,7 @@ class InferFormat(str, Enum):
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.")]
 SizeOpt = Annotated[
-    Optional[str], typer.Option("--input-size", help="Network input size HxW (default: the checkpoint's).")
+    str | None, typer.Option("--input-size", help="Network input size HxW (default: the checkpoint's).")
 ]
 ScalesOpt = Annotated[str, typer.Option("--scales", help="Comma-separated test scales, e.g. 0.5,0.75,1,1.25,1.5,1.75.")]
 FlipOpt = Annotated[bool, typer.Option("--flip", help="Also average horizontally flipped predictions.")]
@@ -177,10 +176,10 @@ def label_info(
     dataset: Annotated[SourceName, typer.Argument(help="Source dataset whose labels to scan.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset root, e.g. datasets/gtav.")],
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
+        Path | None, typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
     ] = None,
     list_file: Annotated[
-        Optional[Path], typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
+        Path | None, typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
@@ -202,19 +201,21 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.")] = Path(
         "runs/proca"
     ),
-    stage: Annotated[Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).")] = Stage.all,
+    stage: Annotated[
+        Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).")
+    ] = Stage.all,
     method: Annotated[Method, typer.Option("--method", help="Adaptation loss.")] = Method.prototype,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.")] = None,
     backbone_weights: Annotated[
-        Optional[Path], typer.Option("--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.")
+        Path | None, typer.Option("--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.")
     ] = None,
     input_size: Annotated[
-        Optional[str], typer.Option("--input-size", help="Training and evaluation input size HxW (small data).")
+        str | None, typer.Option("--input-size", help="Training and evaluation input size HxW (small data).")
     ] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Length of every stage (smoke runs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Global batch size.")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", min=1, help="Length of every stage (smoke runs).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Global batch size.")] = None,
     checkpoint_every: Annotated[
-        Optional[int], typer.Option("--checkpoint-every", min=1, help="Save resumable state every N iterations.")
+        int | None, typer.Option("--checkpoint-every", min=1, help="Save resumable state every N iterations.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
@@ -225,15 +226,15 @@ def train(
     nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Nodes for multi-node runs.")] = 1,
     node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This node's rank.")] = 0,
     rdzv_endpoint: Annotated[
-        Optional[str], typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).")
+        str | None, typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).")
     ] = None,
     amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision.")] = Amp.none,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use channels_last memory format.")] = False,
     config: Annotated[
-        Optional[Path], typer.Option("--config", help="TOML, JSON or YAML config file.", exists=True, dir_okay=False)
+        Path | None, typer.Option("--config", help="TOML, JSON or YAML config file.", exists=True, dir_okay=False)
     ] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a config key: --set proca.tau=0.1 (repeatable).")
+        list[str] | None, typer.Option("--set", help="Override a config key: --set proca.tau=0.1 (repeatable).")
     ] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable images and labels.")] = False,
 ) -> None:
@@ -313,12 +314,12 @@ def eval_(
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
     save_predictions: Annotated[
-        Optional[Path], typer.Option("--save-predictions", help="Write one prediction PNG per image here.")
+        Path | None, typer.Option("--save-predictions", help="Write one prediction PNG per image here.")
     ] = None,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="Format of saved predictions.")] = EvalFormat.labelid,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
     report: Annotated[
-        Optional[Path], typer.Option("--report", help="Write IoU chart, confusion matrix and examples here.")
+        Path | None, typer.Option("--report", help="Write IoU chart, confusion matrix and examples here.")
     ] = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
@@ -374,10 +375,12 @@ def infer(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="A released ProCA/FADA/SDCA .pth checkpoint.", exists=True, dir_okay=False)],
+    src: Annotated[
+        Path, typer.Argument(help="A released ProCA/FADA/SDCA .pth checkpoint.", exists=True, dir_okay=False)
+    ],
     dst: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     class_set: Annotated[
-        Optional[str], typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
+        str | None, typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
     ] = None,
 ) -> None:
     """Convert a released .pth checkpoint into a proca .safetensors checkpoint."""
@@ -389,11 +392,9 @@ def convert(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path(
-        "proca-demo"
-    ),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path("proca-demo"),
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the demo's results as JSON.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the demo's results as JSON.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes."""
