@@ -9,7 +9,6 @@ User errors (:class:`proca.errors.ProcaError`) become one red line and exit stat
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -410,4 +409,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
