@@ -25,6 +25,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
 from proca.errors import CheckpointError, ConfigError
+from proca.models._keys import mismatch_summary
 
 __all__ = [
     "BACKBONE_FEATURE_DIMS",
@@ -234,21 +235,10 @@ def load_imagenet_weights(module: nn.Module, backbone: str, weights: str | os.Pa
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes for {_few(wrong)}")
         raise CheckpointError(
-            f"ImageNet weights {path} do not fit {backbone} ({'; '.join(parts)}); use torchvision's "
+            f"ImageNet weights {path} do not fit {backbone} ({mismatch_summary(missing, unexpected, wrong)}); "
+            "use torchvision's "
             f"{IMAGENET_FILES[backbone][0]}"
         )
     module.load_state_dict(state, strict=False)
     return path
-
-
-def _few(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown

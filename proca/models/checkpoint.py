@@ -26,6 +26,7 @@ from torch import Tensor
 
 from proca.errors import CheckpointError
 from proca.io import atomic_write_bytes
+from proca.models._keys import mismatch_summary
 from proca.models.builders import MODEL_BUILDERS, build_model
 from proca.models.deeplabv2 import DeepLabV2
 from proca.models.metadata import complete_metadata
@@ -186,22 +187,11 @@ def load_state_dict_into(model: torch.nn.Module, state: dict[str, Tensor], sourc
         if k in own and tuple(state[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes {_few(wrong)}")
         raise CheckpointError(
-            f"{source}: the weights do not fit {getattr(model, 'arch', 'the model')} ({'; '.join(parts)})"
+            f"{source}: the weights do not fit {getattr(model, 'arch', 'the model')} "
+            f"({mismatch_summary(missing, unexpected, wrong)})"
         )
     model.load_state_dict(state, strict=True, assign=assign)
-
-
-def _few(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
 def _build_on_meta(arch: Any, num_classes: Any, norm: Any, source: str) -> DeepLabV2:

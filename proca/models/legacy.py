@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from proca.errors import CheckpointError, ConfigError
+from proca.models._keys import few as _few
+from proca.models._keys import mismatch_summary
 from proca.models.backbones import BACKBONE_FEATURE_DIMS
 from proca.models.builders import build_model
 from proca.models.deeplabv2 import DeepLabV2, count_parameters
@@ -74,11 +76,6 @@ class ReleaseCheckpoint:
     state_dict: dict[str, Tensor]
     iteration: int | None = None
     ignored: list[str] = field(default_factory=list)
-
-
-def _few(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
 def read_torch_file(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Any:
@@ -171,11 +168,9 @@ def _check_classifier(classifier: dict[str, Tensor], feature_dim: int, source: s
     missing = [k for k in _HEAD_KEYS if k not in classifier]
     unexpected = sorted(k for k in classifier if k not in _HEAD_KEYS)
     if missing or unexpected:
-        parts = ([f"missing {_few(missing)}"] if missing else []) + (
-            [f"unexpected {_few(unexpected)}"] if unexpected else []
-        )
         raise CheckpointError(
-            f"{source}: classifier is not the ASPP-v2 head ({'; '.join(parts)}); expected conv2d_list.{{0..3}}."
+            f"{source}: classifier is not the ASPP-v2 head ({mismatch_summary(missing, unexpected, [])}); "
+            "expected conv2d_list.{0..3}."
             "{weight,bias}"
         )
     weight = classifier["conv2d_list.0.weight"]
