@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from proca.errors import ProcaError
+from proca.errors import OutputError, ProcaError
 from proca.io import atomic_write_json, save_image_atomic
 
 __all__ = ["DEMO_OVERRIDES", "DEMO_SETTINGS", "demo_config", "run_demo"]
@@ -147,6 +147,8 @@ def run_demo(
 
     console = Console(stderr=True, highlight=False)
     out = Path(out)
+    if json_path is not None and Path(json_path).is_dir():
+        raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
     if out.exists() and any(out.iterdir()) and not force:
         raise ProcaError(f"--out {out} already holds a demo; use --force to run it again, or another --out.")
     start = time.perf_counter()
