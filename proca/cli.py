@@ -203,7 +203,9 @@ def train(
     stage: Annotated[
         Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).")
     ] = Stage.all,
-    method: Annotated[Method, typer.Option("--method", help="Adaptation loss.")] = Method.prototype,
+    method: Annotated[
+        Method | None, typer.Option("--method", help="Adaptation loss (default: the config's, prototype).")
+    ] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.")] = None,
     backbone_weights: Annotated[
         Path | None, typer.Option("--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.")
@@ -247,7 +249,7 @@ def train(
             data_root=data_root,
             out=out,
             stage=stage.value,
-            method=method.value,
+            method=method.value if method else None,
             arch=arch,
             backbone_weights=backbone_weights,
             input_size=_parse_size(input_size),

@@ -92,3 +92,12 @@ def test_cli_options_apply_to_every_stage() -> None:
     assert cfg.proca.iters == cfg.ssl.iters == 100 and cfg.proca.batch_size == 2
     assert cfg.source.input_size == cfg.proca.target_size == cfg.eval.input_size == (32, 64)
     assert "proca.temperature" in config_keys() and "eval" in config_keys()
+
+
+def test_set_method_is_kept_when_no_method_option_is_given() -> None:
+    from proca.config import resolve_config
+
+    assert resolve_config("gtav", "cityscapes", overrides=["method=memory-bank"], method=None).method == "memory-bank"
+    assert resolve_config("gtav", "cityscapes", overrides=["method=memory-bank"], method="prototype").method == (
+        "prototype"
+    )

@@ -78,8 +78,9 @@ def stage_outputs(stage: str) -> list[str]:
 def _train_args(kwargs: dict[str, Any], device: str) -> list[str]:
     """The ``proca train`` options that reproduce ``kwargs`` without the launch flags."""
     args = ["--src", kwargs["src"], "--tgt", kwargs["tgt"], "--data-root", str(kwargs["data_root"])]
-    args += ["--out", str(kwargs["out"]), "--stage", kwargs["stage"], "--method", kwargs["method"]]
+    args += ["--out", str(kwargs["out"]), "--stage", kwargs["stage"]]
     for flag, key in (
+        ("--method", "method"),
         ("--arch", "arch"),
         ("--backbone-weights", "backbone_weights"),
         ("--iters", "iters"),
@@ -306,7 +307,7 @@ def run_train(
     data_root: Path = Path("datasets"),
     out: Path = Path("runs/proca"),
     stage: str = "all",
-    method: str = "prototype",
+    method: str | None = None,
     arch: str | None = None,
     backbone_weights: Path | None = None,
     input_size: tuple[int, int] | None = None,
