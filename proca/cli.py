@@ -53,18 +53,14 @@ def _user_errors() -> Iterator[None]:
     User errors are :class:`~proca.errors.ProcaError` (also when re-raised from a DataLoader worker) and
     ``OSError`` (a folder that cannot be read, a full disk): neither is a bug to show a traceback for.
     """
-    from proca.errors import ProcaError, user_message
+    from proca.errors import ProcaError, print_user_error
 
     try:
         yield
     except (ProcaError, OSError) as err:
         if _state["debug"]:
             raise
-        from rich.console import Console
-        from rich.markup import escape
-
-        message = escape(user_message(err))
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+        print_user_error(err)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         if _state["debug"]:
@@ -190,87 +186,168 @@ def label_info(
         run_label_info(dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad)
 
 
+_DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardware", "Run folder and config"
+
+
 @app.command()
 def train(
-    src: Annotated[SourceName, typer.Option("--src", help="Labelled source dataset.")] = SourceName.gtav,
-    tgt: Annotated[TargetName, typer.Option("--tgt", help="Unlabelled target dataset.")] = TargetName.cityscapes,
-    data_root: Annotated[Path, typer.Option("--data-root", help="Folder holding gtav/, synthia/, cityscapes/.")] = Path(
-        "datasets"
-    ),
-    out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.")] = Path(
-        "runs/proca"
-    ),
-    stage: Annotated[
-        Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).")
-    ] = Stage.all,
-    method: Annotated[
-        Method | None, typer.Option("--method", help="Adaptation loss (default: the config's, prototype).")
+    src: Annotated[
+        SourceName | None,
+        typer.Option(
+            "--src", help="Labelled source dataset [default: the config's, else gtav].", rich_help_panel=_DATA
+        ),
     ] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.")] = None,
+    tgt: Annotated[
+        TargetName | None,
+        typer.Option("--tgt", help="Unlabelled target dataset [default: cityscapes].", rich_help_panel=_DATA),
+    ] = None,
+    data_root: Annotated[
+        Path, typer.Option("--data-root", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA)
+    ] = Path("datasets"),
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
+    ] = False,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.", rich_help_panel=_MODEL)
+    ] = None,
+    method: Annotated[
+        Method | None, typer.Option("--method", help="Adaptation loss [default: prototype].", rich_help_panel=_MODEL)
+    ] = None,
     backbone_weights: Annotated[
-        Path | None, typer.Option("--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.")
+        Path | None,
+        typer.Option(
+            "--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.", rich_help_panel=_MODEL
+        ),
     ] = None,
     input_size: Annotated[
-        str | None, typer.Option("--input-size", help="Training and evaluation input size HxW (small data).")
+        str | None,
+        typer.Option(
+            "--input-size", help="Every training and evaluation size HxW (small data).", rich_help_panel=_SCHEDULE
+        ),
     ] = None,
-    iters: Annotated[int | None, typer.Option("--iters", min=1, help="Length of every stage (smoke runs).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Global batch size.")] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", min=1, help="Save resumable state every N iterations.")
+    iters: Annotated[
+        int | None,
+        typer.Option("--iters", min=1, help="Length of every stage (smoke runs).", rich_help_panel=_SCHEDULE),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    device: DeviceOpt = "auto",
-    gpus: Annotated[int, typer.Option("--gpus", min=0, help="CUDA GPUs per node (launches torchrun).")] = 0,
-    nproc: Annotated[int, typer.Option("--nproc", min=0, help="CPU processes with gloo (launches torchrun).")] = 0,
-    nnodes: Annotated[int, typer.Option("--nnodes", min=1, help="Nodes for multi-node runs.")] = 1,
-    node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This node's rank.")] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Global batch size of every stage.", rich_help_panel=_SCHEDULE),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed [default: 0].", rich_help_panel=_SCHEDULE)
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.", rich_help_panel=_HARDWARE)
+    ] = "auto",
+    gpus: Annotated[
+        int, typer.Option("--gpus", min=0, help="CUDA GPUs per node (launches torchrun).", rich_help_panel=_HARDWARE)
+    ] = 0,
+    nproc: Annotated[
+        int,
+        typer.Option("--nproc", min=0, help="CPU processes with gloo (launches torchrun).", rich_help_panel=_HARDWARE),
+    ] = 0,
+    nnodes: Annotated[
+        int, typer.Option("--nnodes", min=1, help="Nodes for multi-node runs.", rich_help_panel=_HARDWARE)
+    ] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", min=0, help="This node's rank.", rich_help_panel=_HARDWARE)
+    ] = 0,
     rdzv_endpoint: Annotated[
-        str | None, typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).")
+        str | None,
+        typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).", rich_help_panel=_HARDWARE),
     ] = None,
-    amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision.")] = Amp.none,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="Use channels_last memory format.")] = False,
+    amp: Annotated[
+        Amp | None, typer.Option("--amp", help="Mixed precision [default: none].", rich_help_panel=_HARDWARE)
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="channels_last memory format [default: off].",
+            rich_help_panel=_HARDWARE,
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.", rich_help_panel=_RUN)
+    ] = Path("runs/proca"),
+    stage: Annotated[
+        Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).", rich_help_panel=_RUN)
+    ] = Stage.all,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.", rich_help_panel=_RUN)
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over in an existing --out.", rich_help_panel=_RUN)
+    ] = False,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            "--checkpoint-every", min=1, help="Save resumable state every N iterations.", rich_help_panel=_RUN
+        ),
+    ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="TOML, JSON or YAML config file.", exists=True, dir_okay=False)
+        Path | None,
+        typer.Option(
+            "--config", help="TOML, JSON or YAML config file.", exists=True, dir_okay=False, rich_help_panel=_RUN
+        ),
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config key: --set proca.tau=0.1 (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a config key, e.g. --set proca.temperature=0.1 (repeatable).",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable images and labels.")] = False,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved config as JSON and exit.", rich_help_panel=_RUN)
+    ] = False,
 ) -> None:
-    """Run the ProCA recipe: source-only, prototypes, ProCA, pseudo labels, self-training."""
-    with _user_errors():
-        from proca.engine.train import run_train
+    """Run the ProCA recipe: source-only, prototypes, ProCA, pseudo labels, self-training.
 
-        run_train(
-            src=src.value,
-            tgt=tgt.value,
+    Precedence of every config key: preset < --config file < --set < the options typed here.
+    """
+    with _user_errors():
+        from proca.engine.train import RunOptions, run_train, train_config
+
+        options = {
+            "arch": arch,
+            "method": method.value if method else None,
+            "seed": seed,
+            "amp": amp.value if amp else None,
+            "channels_last": channels_last,
+            "checkpoint_every": checkpoint_every,
+            "iters": iters,
+            "batch_size": batch_size,
+            "input_size": _parse_size(input_size),
+        }
+        cfg = train_config(
+            src=src.value if src else None,
+            tgt=tgt.value if tgt else None,
+            config_file=config,
+            overrides=list(set_ or []),
+            options=options,
+        )
+        if print_config:
+            import json
+
+            typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return
+        run = RunOptions(
             data_root=data_root,
             out=out,
             stage=stage.value,
-            method=method.value if method else None,
-            arch=arch,
             backbone_weights=backbone_weights,
-            input_size=_parse_size(input_size),
-            iters=iters,
-            batch_size=batch_size,
-            checkpoint_every=checkpoint_every,
             resume=resume,
             force=force,
-            seed=seed,
             device=device,
-            gpus=gpus,
-            nproc=nproc,
-            nnodes=nnodes,
-            node_rank=node_rank,
-            rdzv_endpoint=rdzv_endpoint,
-            amp=amp.value,
-            channels_last=channels_last,
-            config=config,
-            overrides=list(set_ or []),
             skip_bad=skip_bad,
         )
+        run_train(
+            cfg, run, gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+            debug=_state["debug"],
+        )  # fmt: skip
 
 
 @app.command("pseudo-label")

@@ -1,14 +1,15 @@
 """Training configuration: one pydantic model per stage, the released presets as data, and overrides.
 
-The presets (:data:`PRESETS`) hold every hyper-parameter of the authors' released recipe
-(``configs/{gta5,synthia}/deeplabv2_r101_{src,proca,ssl}.yaml`` and ``run_proca_resnet101_*.sh``).
-They are the only place training defaults live. A run's configuration is resolved in this order,
-each layer overriding the previous one:
+Every default lives on its pydantic field: the defaults are the authors' released GTA5 -> Cityscapes
+recipe (``configs/gta5/deeplabv2_r101_{src,proca,ssl}.yaml`` and ``run_proca_resnet101_*.sh``); the
+presets (:data:`PRESETS`) hold only what another pair changes (SYNTHIA's classes and image size). A run's
+configuration is resolved in this order, each layer overriding the previous one:
 
-1. the preset for ``--src``/``--tgt``;
+1. the preset for ``--src``/``--tgt`` (on the field defaults);
 2. ``--config FILE`` (TOML, JSON or YAML; any subset of keys, nested like the models below);
 3. ``--set key.path=value`` (the value is parsed as a YAML/JSON scalar or list);
-4. the direct CLI options (``--arch``, ``--iters``, ``--batch-size``, ``--input-size``, ...).
+4. the options the user typed (:data:`TRAIN_OPTIONS`: ``--arch``, ``--seed``, ``--amp``, ``--iters``, ...);
+   an option not typed changes nothing.
 
 Unknown keys are errors (``extra="forbid"``) that name the key and suggest the closest valid one.
 Sizes are ``[H, W]`` everywhere.
@@ -30,6 +31,7 @@ from proca.errors import ConfigError
 
 __all__ = [
     "PRESETS",
+    "TRAIN_OPTIONS",
     "EvalConfig",
     "MemoryBankConfig",
     "ProcaStageConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "SelfTrainingStageConfig",
     "SourceStageConfig",
     "TrainConfig",
+    "apply_options",
     "apply_overrides",
     "config_keys",
     "load_config_file",
@@ -280,98 +283,17 @@ class TrainConfig(_Model):
 
 
 def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
-    size = [720, 1280] if src == "gtav" else [760, 1280]
+    """What a preset sets besides the field defaults (which are the released GTA5 -> Cityscapes recipe)."""
+    if src == "gtav":
+        return {"src": "gtav", "tgt": "cityscapes"}
+    size = [760, 1280]  # SYNTHIA RAND-CITYSCAPES images are 1280x760
     return {
-        "src": src,
+        "src": "synthia",
         "tgt": "cityscapes",
-        "class_set": "cityscapes19" if src == "gtav" else "synthia16",
-        "method": "prototype",
-        "arch": "deeplabv2_resnet101",
-        "norm": "batch",
-        "seed": 0,
-        "amp": "none",
-        "channels_last": False,
-        "deterministic": True,
-        "num_workers": 4,
-        "checkpoint_every": 1000,
-        "log_every": 20,
-        "max_nonfinite": 5,
-        "source": {
-            "iters": 20_000,
-            "poly_iters": 31_250,
-            "lr": 5e-4,
-            "head_lr_mult": 10.0,
-            "poly_power": 0.9,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "batch_size": 8,
-            "per_device_batch": None,
-            "eval_every": 1000,
-            "input_size": size,
-            "lovasz_weight": 0.75,
-            "color_jitter": False,
-            "class_balanced": True,
-        },
-        "prototypes": {"init_from": "last", "input_size": size, "batch_size": 1, "max_images": None},
-        "proca": {
-            "init_from": "last",
-            "iters": 90_000,
-            "poly_iters": 90_000,
-            "lr": 2.5e-4,
-            "head_lr_mult": 10.0,
-            "poly_power": 0.9,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "batch_size": 8,
-            "per_device_batch": None,
-            "eval_every": 1000,
-            "source_size": size,
-            "target_size": [512, 1024],
-            "color_jitter": True,
-            "class_balanced": True,
-            "lovasz_weight": 0.75,
-            "threshold": 0.9,
-            "threshold_mode": "logit",
-            "lambda_feat": 1.0,
-            "lambda_out": 1.0,
-            "multi_level": True,
-            "temperature": 50.0,
-            "prototype_momentum": None,
-            "memory_bank": {
-                "temperature": 0.1,
-                "base_temperature": None,
-                "denominator": "all",
-                "lambda_source": 1.0,
-                "lambda_target": 1.0,
-                "embedding_dim": 256,
-                "hidden_dim": 2048,
-                "head_lr_mult": 10.0,
-                "pixel_queue_size": 1000,
-                "prototype_queue_size": 1000,
-                "pixels_per_class": 10,
-                "max_anchors_per_class": 10,
-                "min_pixels_per_class": 11,
-            },
-        },
-        "pseudo_label": {"init_from": "best", "percent": 0.6, "cap": 0.9, "input_size": [512, 1024], "batch_size": 1},
-        "ssl": {
-            "iters": 90_000,
-            "poly_iters": 90_000,
-            "lr": 5e-4,
-            "head_lr_mult": 10.0,
-            "poly_power": 0.9,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "batch_size": 8,
-            "per_device_batch": None,
-            "eval_every": 1000,
-            "init": "imagenet",
-            "input_size": [512, 1024],
-            "scale_reference": None,
-            "scale": [0.5, 1.5],
-            "color_jitter": True,
-        },
-        "eval": {"input_size": [512, 1024], "scales": [1.0], "flip": False, "batch_size": 1, "max_images": None},
+        "class_set": "synthia16",
+        "source": {"input_size": size},
+        "prototypes": {"input_size": size},
+        "proca": {"source_size": size},
     }
 
 
@@ -379,7 +301,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gtav->cityscapes": _preset("gtav"),
     "synthia->cityscapes": _preset("synthia"),
 }
-"""The released recipes as plain data, keyed ``"<src>-><tgt>"``."""
+"""The released recipes, keyed ``"<src>-><tgt>"``: only what differs from the fields' defaults (the defaults
+are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field)."""
 
 
 def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
@@ -538,36 +461,95 @@ def _validate(data: Mapping[str, Any], source: str) -> TrainConfig:
         raise ConfigError(f"config key {loc!r} ({source}): {msg}.") from None
 
 
+TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "arch": ("arch",),
+    "method": ("method",),
+    "seed": ("seed",),
+    "amp": ("amp",),
+    "channels_last": ("channels_last",),
+    "checkpoint_every": ("checkpoint_every",),
+    "iters": ("source.iters", "proca.iters", "ssl.iters"),
+    "batch_size": ("source.batch_size", "proca.batch_size", "ssl.batch_size"),
+    "input_size": (
+        "source.input_size",
+        "prototypes.input_size",
+        "proca.source_size",
+        "proca.target_size",
+        "pseudo_label.input_size",
+        "ssl.input_size",
+        "ssl.scale_reference",
+        "eval.input_size",
+    ),
+}
+"""The ``proca train`` options that set config keys: option -> the keys it sets. The one table of them.
+
+An option the user did not give (None) sets nothing, so a ``--config`` file or ``--set`` holds; one that
+was given overrides both. ``iters`` also keeps each stage's poly schedule at the preset's ratio to its stop
+iteration (the source stage still stops at 64% of its schedule).
+"""
+
+
+def _set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _get_key(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def apply_options(data: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply the given (not None) :data:`TRAIN_OPTIONS` to a config dict in place.
+
+    Raises:
+        ConfigError: an option that is not in the table.
+    """
+    defaults = TrainConfig.model_construct()  # field defaults, for a stage whose poly length is not in ``data``
+    for name, value in options.items():
+        if name not in TRAIN_OPTIONS:
+            raise ConfigError(f"{name!r} is not a train option; valid: {', '.join(TRAIN_OPTIONS)}.")
+        if value is None:
+            continue
+        if name == "input_size":
+            value = [int(value[0]), int(value[1])]
+        for key in TRAIN_OPTIONS[name]:
+            if name == "iters":
+                stage = key.split(".")[0]
+                field_defaults = getattr(defaults, stage)
+                old_iters = _get_key(data, f"{stage}.iters", field_defaults.iters)
+                old_poly = _get_key(data, f"{stage}.poly_iters", field_defaults.poly_iters)
+                if old_poly is not None and old_iters:
+                    _set_key(data, f"{stage}.poly_iters", max(value, math.ceil(value * old_poly / old_iters)))
+            _set_key(data, key, value)
+    return data
+
+
 def resolve_config(
     src: str = "gtav",
     tgt: str = "cityscapes",
     *,
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
-    arch: str | None = None,
-    iters: int | None = None,
-    batch_size: int | None = None,
-    input_size: Size | None = None,
-    checkpoint_every: int | None = None,
-    seed: int | None = None,
-    amp: str | None = None,
-    channels_last: bool | None = None,
-    method: str | None = None,
+    **options: Any,
 ) -> TrainConfig:
-    """Resolve the run's configuration: preset, then ``config_file``, then ``overrides``, then the CLI options.
+    """Resolve the run's configuration: preset < ``config_file`` < ``overrides`` < the given options.
 
     Args:
         src, tgt: the dataset pair choosing the preset.
         config_file: TOML/JSON/YAML with any subset of keys.
         overrides: ``key.path=value`` strings (``--set``).
-        arch, batch_size, checkpoint_every, seed, amp, channels_last, method: direct CLI options (None: keep).
-        iters: every training stage's length; each stage's poly schedule keeps the preset's ratio
-            to its stop iteration (so the source stage still stops at 64% of its schedule).
-        input_size: ``(H, W)`` for every training, prototype, pseudo-label and evaluation size (and the
-            self-training scale reference, so small data is scaled around the input size).
+        options: :data:`TRAIN_OPTIONS` the user gave (None: not given, keeps the layers below).
 
     Raises:
-        ConfigError: unknown keys (with a suggestion), invalid values or cross-field violations.
+        ConfigError: unknown keys or options (with a suggestion), invalid values or cross-field violations.
     """
     data = preset(src, tgt)
     if config_file is not None:
@@ -575,35 +557,5 @@ def resolve_config(
         _check_keys(loaded, TrainConfig, f"--config {config_file}")
         _deep_merge(data, loaded)
     apply_overrides(data, overrides)
-    if arch is not None:
-        data["arch"] = arch
-    if method is not None:
-        data["method"] = method
-    if seed is not None:
-        data["seed"] = seed
-    if amp is not None:
-        data["amp"] = amp
-    if channels_last is not None:
-        data["channels_last"] = channels_last
-    if checkpoint_every is not None:
-        data["checkpoint_every"] = checkpoint_every
-    for stage in ("source", "proca", "ssl"):
-        section = data[stage]
-        if iters is not None:
-            old_iters, old_poly = section.get("iters"), section.get("poly_iters")
-            section["iters"] = iters
-            if old_poly is not None and old_iters:
-                section["poly_iters"] = max(iters, math.ceil(iters * old_poly / old_iters))
-        if batch_size is not None:
-            section["batch_size"] = batch_size
-    if input_size is not None:
-        size = [int(input_size[0]), int(input_size[1])]
-        data["source"]["input_size"] = size
-        data["prototypes"]["input_size"] = size
-        data["proca"]["source_size"] = size
-        data["proca"]["target_size"] = size
-        data["pseudo_label"]["input_size"] = size
-        data["ssl"]["input_size"] = size
-        data["ssl"]["scale_reference"] = size
-        data["eval"]["input_size"] = size
+    apply_options(data, options)
     return _validate(data, "resolved config")

@@ -7,9 +7,21 @@ message on one line and exits with status 2; ``--debug`` shows the traceback ins
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "OutputError", "ProcaError", "user_message"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "OutputError",
+    "ProcaError",
+    "print_user_error",
+    "report_user_errors",
+    "user_message",
+]
 
 
 class ProcaError(Exception):
@@ -49,3 +61,39 @@ def user_message(err: BaseException) -> str:
         reason = err.strerror or text
         text = f"{err.filename}: {reason}" if err.filename else reason
     return text
+
+
+def print_user_error(err: BaseException) -> None:
+    """Print a user error as one red line on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(user_message(err))}", soft_wrap=True)
+
+
+@dataclass
+class ExitStatus:
+    """The exit status :func:`report_user_errors` settles on (0 unless an error was reported)."""
+
+    code: int = 0
+
+
+@contextlib.contextmanager
+def report_user_errors(*, debug: bool = False) -> Iterator[ExitStatus]:
+    """Report user errors (:class:`ProcaError`, ``OSError``) as one line and exit status 2 (130 on Ctrl-C).
+
+    With ``debug`` the exception propagates (traceback). Used by processes without the Typer CLI around them
+    (torchrun's workers); the CLI does the same for its commands.
+    """
+    status = ExitStatus()
+    try:
+        yield status
+    except (ProcaError, OSError) as err:
+        if debug:
+            raise
+        print_user_error(err)
+        status.code = 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        status.code = 130

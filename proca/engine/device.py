@@ -8,7 +8,7 @@ import torch
 
 from proca.errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["cap_workers", "resolve_device", "usable_cpus"]
 
 _VALID = "auto, cpu, cuda or cuda:N"
 
@@ -53,3 +53,27 @@ def resolve_device(name: str | torch.device) -> torch.device:
             raise ConfigError(f"--device {name!s}: MPS is not available on this machine; use --device cpu or auto.")
         return torch.device("mps")
     raise ConfigError(f"--device {name!s} is not a device; valid: {_VALID}.")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_workers(requested: int, *, say: bool = True) -> int:
+    """``requested`` DataLoader workers, at most :func:`usable_cpus`; says so in one line when lowered."""
+    cpus = usable_cpus()
+    if requested <= cpus:
+        return requested
+    if say:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(
+            f"[dim]num_workers {requested} lowered to {cpus}: this process may use {cpus} CPU(s)[/]"
+        )
+    return cpus

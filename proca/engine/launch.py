@@ -1,7 +1,8 @@
 """Distributed runs: torchrun self-launch, process-group set-up and the helpers every stage uses.
 
-``proca train --gpus N`` (CUDA, NCCL) or ``--nproc N`` (CPU, gloo) re-runs the same ``train``
-command under ``python -m torch.distributed.run`` with N processes per node; ``--nnodes``,
+``proca train --gpus N`` (CUDA, NCCL) or ``--nproc N`` (CPU, gloo) writes the resolved config to
+``RUN/config.json`` and starts ``python -m proca.engine.worker`` under ``python -m torch.distributed.run``
+with N processes per node; ``--nnodes``,
 ``--node-rank`` and ``--rdzv-endpoint`` pass through. Inside the launched processes the usual
 torchrun variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...) are set and
 :func:`init_distributed` joins the group from them.
@@ -23,6 +24,7 @@ from proca.errors import ConfigError, ProcaError
 
 __all__ = [
     "DistInfo",
+    "agree_on_error",
     "all_reduce_mean",
     "any_flag",
     "barrier",
@@ -67,7 +69,7 @@ def in_torchrun() -> bool:
 
 
 def torchrun_command(
-    train_args: Sequence[str],
+    worker_args: Sequence[str],
     *,
     nproc_per_node: int,
     nnodes: int = 1,
@@ -75,11 +77,10 @@ def torchrun_command(
     rdzv_endpoint: str | None = None,
     python: str | None = None,
 ) -> list[str]:
-    """The command that re-runs ``proca train TRAIN_ARGS`` under torchrun.
+    """The command that starts ``python -m proca.engine.worker WORKER_ARGS`` under torchrun.
 
     Args:
-        train_args: the ``train`` options without the launch flags (``--gpus``, ``--nproc``, ``--nnodes``,
-            ``--node-rank``, ``--rdzv-endpoint``).
+        worker_args: the worker's arguments (the run options; the config is read from ``RUN/config.json``).
         nproc_per_node: processes per node.
         nnodes: nodes; above 1 a rendezvous endpoint ``host:port`` is required.
         node_rank: this node's rank (static rendezvous).
@@ -96,7 +97,7 @@ def torchrun_command(
         if not host or not port.isdigit():
             raise ConfigError(f"--rdzv-endpoint {rdzv_endpoint!r} is not host:port, for example node0:29500.")
         cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]
-    return [*cmd, "-m", "proca.cli", "train", *train_args]
+    return [*cmd, "-m", "proca.engine.worker", *worker_args]
 
 
 def launch_torchrun(cmd: Sequence[str], *, threads_per_process: int | None = None) -> None:
@@ -175,3 +176,27 @@ def any_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def agree_on_error(error: BaseException | None, device: torch.device) -> None:
+    """Raise the same :class:`ProcaError` on every process when ``error`` is set on any of them.
+
+    A collective every process calls at the same point (before the step's own collectives): an error on one
+    rank (a corrupt image in its batch) then stops every rank with that rank's message instead of leaving the
+    others waiting in the next all-reduce. Without a process group, ``error`` is simply raised.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        if error is not None:
+            raise error
+        return
+    if not any_flag(error is not None, device):
+        return
+    from proca.errors import user_message
+
+    mine = None if error is None else user_message(error)
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, mine)
+    rank, first = next((r, m) for r, m in enumerate(messages) if m is not None)
+    if error is not None and isinstance(error, ProcaError) and rank == dist.get_rank():
+        raise error
+    raise ProcaError(f"process {rank}: {first}")

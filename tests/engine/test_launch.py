@@ -13,16 +13,15 @@ from typer.testing import CliRunner
 
 from proca.cli import app
 from proca.engine.launch import in_torchrun, torchrun_command
-from proca.engine.train import _train_args
 from proca.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:no --backbone-weights")
 
 
 def test_torchrun_command_single_and_multi_node() -> None:
-    cmd = torchrun_command(["--out", "RUN"], nproc_per_node=4, python="python")
+    cmd = torchrun_command(["{}"], nproc_per_node=4, python="python")
     assert cmd[:5] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone"]
-    assert cmd[-5:] == ["-m", "proca.cli", "train", "--out", "RUN"]
+    assert cmd[-3:] == ["-m", "proca.engine.worker", "{}"]
     multi = torchrun_command([], nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500", python="py")
     assert "--nnodes=2" in multi and "--node-rank=1" in multi and "--master-addr=node0" in multi
     assert "--master-port=29500" in multi and "--standalone" not in multi
@@ -32,19 +31,14 @@ def test_torchrun_command_single_and_multi_node() -> None:
         torchrun_command([], nproc_per_node=1, nnodes=2, rdzv_endpoint="node0")
 
 
-def test_relaunch_arguments_drop_the_launch_flags() -> None:
-    kwargs = {
-        "src": "synthia", "tgt": "cityscapes", "data_root": Path("d"), "out": Path("o"), "stage": "all",
-        "method": "prototype", "arch": "deeplabv2_resnet50", "backbone_weights": None, "input_size": (64, 128),
-        "iters": 5, "batch_size": None, "checkpoint_every": None, "resume": True, "force": False, "seed": 3,
-        "amp": "bf16", "channels_last": True, "config": None, "overrides": ["proca.temperature=0.1"],
-        "skip_bad": False, "gpus": 4, "nproc": 0, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "h:1",
-    }  # fmt: skip
-    args = _train_args(kwargs, "cuda")
-    line = shlex.join(args)
-    assert "--gpus" not in line and "--nproc" not in line and "--nnodes" not in line and "--rdzv" not in line
-    assert "--input-size 64x128" in line and "--resume" in line and "--set proca.temperature=0.1" in line
-    assert "--device cuda" in line and "--amp bf16" in line and "--channels-last" in line
+def test_workers_get_the_run_options_not_a_rebuilt_command_line(tmp_path: Path) -> None:
+    from proca.engine.train import RunOptions
+
+    run = RunOptions(data_root=Path("d"), out=Path("o"), stage="proca", backbone_weights=None, resume=True)
+    assert RunOptions.from_json(run.to_json()) == run
+    cmd = torchrun_command([run.to_json()], nproc_per_node=2, python="python")
+    assert cmd[-3:-1] == ["-m", "proca.engine.worker"] and json.loads(cmd[-1])["resume"] is True
+    assert not any(part.startswith("--set") or part == "--seed" for part in cmd)
     assert not in_torchrun() or "LOCAL_RANK" in os.environ
 
 

@@ -52,7 +52,7 @@ def _one_thread() -> Any:
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny synthetic data and a run folder whose source stage is done (2 iterations)."""
     from proca.data.synthetic import write_synthetic_datasets
-    from proca.engine.train import run_train
+    from tests.engine._train import train as run_train
 
     root = tmp_path_factory.mktemp("mb")
     synth = root / "synth"
@@ -92,7 +92,7 @@ def _steps(run: Path) -> list[dict[str, Any]]:
 
 
 def test_config_section_defaults_validation_and_resume_refuses_another_method(tmp_path: Path) -> None:
-    from proca.engine.train import _check_resume_config
+    from proca.engine.runfolder import check_resume_config as _check_resume_config
 
     cfg = resolve_config(method="memory-bank", overrides=["proca.memory_bank.temperature=0.2"])
     mb = cfg.proca.memory_bank
@@ -137,8 +137,9 @@ class TinyNet(nn.Module):
 
 def test_step_runs_under_bf16_autocast_and_fills_the_bank() -> None:
     from proca.engine.schedule import plan_batch
-    from proca.engine.stages.common import FeaturesForward, StepContext
+    from proca.engine.setup import FeaturesForward
     from proca.engine.stages.memory_bank import memory_bank_train_step
+    from proca.engine.trainer import StepContext
     from proca.losses import MemoryBank, MemoryBankContrastiveLoss, ProjectionHead
 
     torch.manual_seed(0)
@@ -155,9 +156,9 @@ def test_step_runs_under_bf16_autocast_and_fills_the_bank() -> None:
         scaler=torch.amp.GradScaler("cpu", enabled=False),
         channels_last=False,
         device=torch.device("cpu"),
-        extra={"cfg": section, "bank": bank, "criterion": MemoryBankContrastiveLoss(0.1, min_pixels_per_class=2),
-               "generator": torch.Generator(), "step": torch.zeros(1, dtype=torch.long), "seed": 0},
-    )  # fmt: skip
+    )
+    deps = {"cfg": section, "bank": bank, "criterion": MemoryBankContrastiveLoss(0.1, min_pixels_per_class=2),
+            "generator": torch.Generator(), "step": torch.zeros(1, dtype=torch.long), "seed": 0}  # fmt: skip
     with sc.autocast():
         _, logits, emb = sc.net(torch.randn(1, 3, 16, 16))
     assert logits.dtype == torch.bfloat16 and emb.dtype == torch.float32
@@ -169,10 +170,10 @@ def test_step_runs_under_bf16_autocast_and_fills_the_bank() -> None:
 
     before = [p.detach().clone() for p in head.parameters()]
     for _ in range(3):
-        result = memory_bank_train_step(sc, [pair(), pair()])
+        result = memory_bank_train_step(sc, [pair(), pair()], **deps)
         assert result.skipped is None and set(result.losses) >= {"ce", "lovasz", "mb_src", "mb_tgt", "total"}
         assert all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
-    assert int(sc.extra["step"]) == 3 and int(bank.pixel_filled.sum()) > 0
+    assert int(deps["step"]) == 3 and int(bank.pixel_filled.sum()) > 0
     assert result.losses["mb_src"] > 0  # the bank holds entries from the first step on
     assert any(not torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))  # the head trains
 
@@ -223,7 +224,7 @@ def _tail(proc: subprocess.Popen[bytes]) -> str:
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(base: dict[str, Path], tmp_path: Path) -> None:
     from proca.engine.state import load_training_state
-    from proca.engine.train import run_train
+    from tests.engine._train import train as run_train
     from proca.models import load_model
 
     ref, killed = _copy_base(base, tmp_path / "ref"), _copy_base(base, tmp_path / "killed")

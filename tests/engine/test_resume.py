@@ -86,7 +86,7 @@ def test_state_roundtrip_restores_optimizer_and_rng(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     from proca.data.synthetic import write_synthetic_datasets
-    from proca.engine.train import run_train
+    from tests.engine._train import train as run_train
     from proca.models import load_model
 
     synth = tmp_path / "synth"

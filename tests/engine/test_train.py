@@ -14,14 +14,11 @@ from typer.testing import CliRunner
 from proca.config import resolve_config
 from proca.engine.launch import DistInfo
 from proca.engine.schedule import plan_batch, poly_lr, set_lr
-from proca.engine.stages.common import (
-    RunContext,
-    StepContext,
-    StepResult,
-    run_training_loop,
-    supervised_loss,
-)
+from proca.engine.context import RunContext
+from proca.engine.hooks import default_hooks
+from proca.engine.stages.base import supervised_loss
 from proca.engine.stages.source import source_train_step
+from proca.engine.trainer import StepContext, StepResult, Trainer, TrainingStage
 from proca.errors import ConfigError, ProcaError
 
 pytestmark = pytest.mark.filterwarnings("ignore:no --backbone-weights")
@@ -60,7 +57,7 @@ class TinyNet(nn.Module):
 
 
 def _step_context(model: nn.Module, plan: Any, amp: str = "none") -> StepContext:
-    from proca.engine.stages.common import FeaturesForward
+    from proca.engine.setup import FeaturesForward
 
     opt = torch.optim.SGD(model.param_groups(0.1), lr=0.1)  # type: ignore[operator]
     return StepContext(
@@ -72,7 +69,6 @@ def _step_context(model: nn.Module, plan: Any, amp: str = "none") -> StepContext
         scaler=torch.amp.GradScaler("cpu", enabled=amp == "fp16"),
         channels_last=False,
         device=torch.device("cpu"),
-        extra={"lovasz_weight": 0.0},
     )
 
 
@@ -110,7 +106,7 @@ def test_gradient_accumulation_equals_the_big_batch() -> None:
         model = TinyNet().double()
         sc = _step_context(model, plan_batch(4, 1, 0, per_device))
         micro = [{"image": images[list(m)], "label": labels[list(m)]} for m in sc.plan.micro_batches]
-        result = source_train_step(sc, micro)
+        result = source_train_step(sc, micro, lovasz_weight=0.0)
         assert result.skipped is None
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=1e-12)
@@ -125,7 +121,7 @@ def test_bf16_autocast_and_fp16_scaler_paths_run_on_cpu() -> None:
         with sc.autocast():
             _, logits = sc.net(batch["image"])
         assert logits.dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
-        result = source_train_step(sc, [batch])
+        result = source_train_step(sc, [batch], lovasz_weight=0.0)
         assert result.skipped is None and all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
     terms = supervised_loss(torch.randn(1, 19, 4, 4, dtype=torch.bfloat16), batch["label"], 0.75)
     assert terms["ce"][0].dtype == torch.float32 and terms["lovasz"][1] == 0.75
@@ -136,21 +132,27 @@ def test_nonfinite_losses_skip_then_stop(tmp_path: Path) -> None:
     sc = _step_context(model, plan_batch(1, 1, 0))
     bad = {"image": torch.full((1, 3, 8, 8), float("nan")), "label": torch.zeros(1, 8, 8, dtype=torch.long)}
     before = [p.detach().clone() for p in model.parameters()]
-    assert source_train_step(sc, [bad]).skipped == "ce"
+    assert source_train_step(sc, [bad], lovasz_weight=0.0).skipped == "ce"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
     cfg = resolve_config(iters=10, overrides=["max_nonfinite=3", "log_every=1"])
     ctx = RunContext(cfg=cfg, run_dir=tmp_path, data_root=tmp_path, dist=DistInfo(), progress=False)
 
-    def always_nan(sc: StepContext, batch: Any) -> StepResult:
-        return StepResult({}, skipped="pcl_feat")
+    class AlwaysNaN(TrainingStage):
+        name, section = "source", cfg.source
 
-    def batches(start: int) -> Any:
-        while True:
-            yield None
+        def __init__(self) -> None:
+            self.sc = sc
+
+        def batches(self, start: int) -> Any:
+            while True:
+                yield None
+
+        def train_step(self, micro_batches: Any) -> StepResult:
+            return StepResult({}, skipped="pcl_feat")
 
     with pytest.raises(ProcaError, match=r"'pcl_feat'.*3 steps in a row.*iteration 3"):
-        run_training_loop(ctx, stage="source", section=cfg.source, sc=sc, batches=batches, train_step=always_nan)
+        Trainer(ctx, AlwaysNaN(), default_hooks(ctx)).train()
     records = [json.loads(line) for line in (tmp_path / "source.log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records] == ["nonfinite"] * 3
 

@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from proca.engine.stages.common import (
-    STREAM_IDS,
-    LoopResult,
-    LossTerms,
-    RunContext,
-    StepBatchSampler,
-    StepContext,
-    StepResult,
-    accumulate_and_step,
-    build_optimizer,
-    build_stage_model,
-    make_loader,
-    make_plan,
-    make_scaler,
-    prepare_for_training,
-    run_training_loop,
-    supervised_loss,
-    uniform_stream,
-)
-from proca.engine.stages.prototypes import PROTOTYPE_LEVELS, load_prototypes
-from proca.engine.stages.sources import source_training_data, target_dataset
+from proca.config import ProcaStageConfig
+from proca.engine.context import RunContext
+from proca.engine.device import cap_workers
+from proca.engine.prototype_io import PROTOTYPE_LEVELS, load_prototypes
+from proca.engine.setup import build_optimizer, build_stage_model, prepare_for_training, stage_checkpoint
+from proca.engine.stages.base import step_context, supervised_loss
+from proca.engine.streams import adaptation_plan, adaptation_streams, step_batches
+from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 from proca.errors import CheckpointError
 
-__all__ = ["adaptation_batches", "proca_train_step", "run_proca_stage", "source_init_checkpoint"]
+__all__ = ["ProcaStage", "proca_train_step"]
+
+Pair = tuple[dict[str, Any], dict[str, Any]]
 
 
-def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], dict[str, Any]]]) -> StepResult:
+def proca_train_step(
+    sc: StepContext,
+    micro_batches: list[Pair],
+    *,
+    cfg: ProcaStageConfig,
+    estimators: Mapping[str, Any],
+    pcl: nn.Module,
+) -> StepResult:
     """One ProCA step, exactly as the release.
 
     For each (source, target) micro-batch:
@@ -45,15 +40,21 @@ def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], 
     2. supervised loss on the source: CE + ``lovasz_weight`` x Lovasz on logits upsampled to the input;
     3. labels per feature pixel: source ground truth downsampled (nearest); target argmax kept where the
        maximum raw logit is >= ``threshold`` (``threshold_mode="logit"``, the release), else 255;
-    4. both prototype sets (feature level A = feature_dim, output level A = C) are updated with the
-       detached target pixels, then the source pixels (all-reduced across processes), BEFORE the losses;
+    4. both prototype sets (feature level A = feature_dim, output level A = C; only the feature level
+       with ``multi_level = false``) are updated with the detached target pixels, then the source pixels
+       (all-reduced across processes), BEFORE the losses;
     5. loss = sup + lambda_feat (PCL(src feat) + PCL(tgt feat)) + lambda_out (PCL(src logits) + PCL(tgt logits)),
        the contrastive terms in float32 against the detached prototypes.
 
+    A skipped (non-finite) step's prototype updates are undone by the :class:`~proca.engine.trainer.Trainer`
+    (the estimators' buffers are in the stage's ``step_state``).
+
     Args:
-        sc: step context; ``sc.extra`` holds ``estimators`` ({"feature", "output"}), ``pcl`` (the loss module)
-            and the stage's config section ``cfg``.
+        sc: step context.
         micro_batches: this rank's (source, target) micro-batch pairs.
+        cfg: the stage's config section (weights, threshold, levels).
+        estimators: ``{"feature": PrototypeEstimator, "output": PrototypeEstimator}``.
+        pcl: the prototype contrastive loss, ``pcl(features=, labels=, prototypes=)``.
 
     Returns:
         Loss terms ``ce``, ``lovasz``, ``pcl_feat``, ``pcl_out``, ``total`` (or the skipped term's name).
@@ -63,14 +64,9 @@ def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], 
     """
     from proca.prototypes import confident_labels, downsample_labels
 
-    cfg = sc.extra["cfg"]
-    estimators = sc.extra["estimators"]
-    pcl = sc.extra["pcl"]
-
-    def compute(pair: tuple[dict[str, Any], dict[str, Any]]) -> LossTerms:
+    def compute(pair: Pair) -> LossTerms:
         src, tgt = pair
-        src_images, tgt_images = sc.images(src), sc.images(tgt)
-        src_labels = src["label"].to(sc.device, non_blocking=True)
+        src_images, tgt_images, src_labels = sc.images(src), sc.images(tgt), sc.labels(src)
         with sc.autocast():
             src_feat, src_logits = sc.net(src_images)
             tgt_feat, tgt_logits = sc.net(tgt_images)
@@ -79,15 +75,16 @@ def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], 
         terms = supervised_loss(src_logits, src_labels, cfg.lovasz_weight)
         src_small = downsample_labels(src_labels, src_feat.shape[-2:])
         tgt_small = confident_labels(tgt_logits.detach(), cfg.threshold, mode=cfg.threshold_mode)
-        levels: list[tuple[str, Tensor, Tensor, float]] = [("feat", src_feat, tgt_feat, cfg.lambda_feat)]
+        levels: list[tuple[str, str, Tensor, Tensor, float]] = [
+            ("feat", "feature", src_feat, tgt_feat, cfg.lambda_feat)
+        ]
         if cfg.multi_level:
-            levels.append(("out", src_logits, tgt_logits, cfg.lambda_out))
-        for name, src_x, tgt_x, _ in levels:
-            est = estimators["feature" if name == "feat" else "output"]
-            est.update(tgt_x.detach(), tgt_small)
-            est.update(src_x.detach(), src_small)
-        for name, src_x, tgt_x, weight in levels:
-            protos = estimators["feature" if name == "feat" else "output"].prototypes.detach()
+            levels.append(("out", "output", src_logits, tgt_logits, cfg.lambda_out))
+        for _, level, src_x, tgt_x, _ in levels:
+            estimators[level].update(tgt_x.detach(), tgt_small)
+            estimators[level].update(src_x.detach(), src_small)
+        for name, level, src_x, tgt_x, weight in levels:
+            protos = estimators[level].prototypes.detach()
             loss = pcl(features=src_x, labels=src_small, prototypes=protos) + pcl(
                 features=tgt_x, labels=tgt_small, prototypes=protos
             )
@@ -97,127 +94,59 @@ def proca_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], 
     return accumulate_and_step(sc, micro_batches, compute)
 
 
-def source_init_checkpoint(ctx: RunContext) -> Path:
-    """The stage-1 checkpoint the adaptation starts from (``proca.init_from``).
+class ProcaStage(TrainingStage):
+    """Stage 3 from the source checkpoint (``proca.init_from``) and ``RUN/prototypes.safetensors``.
 
-    Raises:
-        CheckpointError: the file does not exist.
+    Writes ``RUN/proca.safetensors`` (with both prototype sets) at the end.
     """
-    init = ctx.path("source.safetensors" if ctx.cfg.proca.init_from == "last" else "source.best.safetensors")
-    if not init.is_file():
-        raise CheckpointError(f"{init} does not exist; run --stage source first (or set proca.init_from).")
-    return init
 
+    name = "proca"
 
-def adaptation_batches(ctx: RunContext, plan: Any) -> Callable[[int], Iterator[list[tuple[Any, Any]]]]:
-    """``batches(start)`` for the adaptation stage: per step, this rank's (source, target) micro-batch pairs.
+    def __init__(self, ctx: RunContext) -> None:
+        from proca.losses import PrototypeContrastiveLoss
+        from proca.prototypes import PrototypeEstimator
 
-    The source stream (class-balanced or uniform, colour-augmented) and the target stream (uniform) are
-    addressed by position, so step ``t``'s data is the same whatever the method, resume or world size.
-    """
-    cfg = ctx.cfg
-    section = cfg.proca
-    half = section.batch_size // 2
-    src_data, src_fetch = source_training_data(
-        ctx,
-        size=section.source_size,
-        jitter=section.color_jitter,
-        class_balanced=section.class_balanced,
-        total=section.iters * half,
-        seed_stream=STREAM_IDS["proca_source"],
-    )
-    tgt_data = target_dataset(ctx, size=section.target_size)
-    tgt_fetch = uniform_stream(len(tgt_data), seed=cfg.seed, stream=STREAM_IDS["proca_target"])  # type: ignore[arg-type]
+        self.ctx = ctx
+        cfg = ctx.cfg
+        self.section: ProcaStageConfig = cfg.proca
+        model = build_stage_model(ctx, stage_checkpoint(ctx, "source", self.section.init_from, key="proca.init_from"))
+        saved = load_prototypes(ctx.path("prototypes.safetensors"))
+        dims = {"feature": model.feature_dim, "output": cfg.num_classes}
+        self.estimators = {
+            level: PrototypeEstimator(cfg.num_classes, dims[level], momentum=self.section.prototype_momentum)
+            for level in PROTOTYPE_LEVELS
+        }
+        for level, est in self.estimators.items():
+            protos = saved[f"{level}.prototypes"]
+            if tuple(protos.shape) != (cfg.num_classes, dims[level]):
+                raise CheckpointError(
+                    f"prototypes.safetensors holds {level} prototypes of shape {tuple(protos.shape)}, expected "
+                    f"{(cfg.num_classes, dims[level])}; rerun --stage prototypes (or --force)."
+                )
+            est.prototypes.copy_(protos)
+            est.counts.copy_(saved[f"{level}.counts"])
+            est.to(ctx.device)
+        self.pcl = PrototypeContrastiveLoss(temperature=self.section.temperature)
+        plan = adaptation_plan(ctx)
+        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, build_optimizer(model, self.section), plan)
+        self.streams = adaptation_streams(ctx, plan)
 
-    def batches(start: int) -> Iterator[list[tuple[Any, Any]]]:
-        common = {"start": start, "end": section.iters, "seed": cfg.seed}
-        src_it = make_loader(
-            src_data,
-            StepBatchSampler(src_fetch, plan, stream=STREAM_IDS["proca_source"], **common),
-            num_workers=cfg.num_workers,
-            device=ctx.device,
+    def batches(self, start: int) -> Iterator[Any]:
+        workers = cap_workers(self.ctx.cfg.num_workers, say=self.ctx.is_main and start == 0)
+        return step_batches(
+            self.ctx, self.sc.plan, self.streams, start=start, end=self.section.iters, num_workers=workers
         )
-        tgt_it = make_loader(
-            tgt_data,
-            StepBatchSampler(tgt_fetch, plan, stream=STREAM_IDS["proca_target"], **common),
-            num_workers=cfg.num_workers,
-            device=ctx.device,
-        )
-        while True:
-            yield [(next(src_it), next(tgt_it)) for _ in range(plan.accum_steps)]
 
-    return batches
+    def train_step(self, micro_batches: list[Pair]) -> StepResult:
+        return proca_train_step(self.sc, micro_batches, cfg=self.section, estimators=self.estimators, pcl=self.pcl)
 
+    def checkpoint_tensors(self) -> dict[str, Tensor]:
+        return {
+            f"{level}.{n}": getattr(est, n) for level, est in self.estimators.items() for n in ("prototypes", "counts")
+        }
 
-def run_proca_stage(ctx: RunContext) -> LoopResult:
-    """Train stage 3 from the source checkpoint and the init prototypes (``RUN/proca.safetensors`` at the end).
-
-    With ``method = "memory-bank"`` the stage trains the memory-bank variant instead
-    (:func:`proca.engine.stages.memory_bank.run_memory_bank_stage`; no init prototypes needed).
-    """
-    from proca.losses import PrototypeContrastiveLoss
-    from proca.prototypes import PrototypeEstimator
-
-    cfg = ctx.cfg
-    if cfg.method == "memory-bank":
-        from proca.engine.stages.memory_bank import run_memory_bank_stage
-
-        return run_memory_bank_stage(ctx)
-    section = cfg.proca
-    model = build_stage_model(ctx, source_init_checkpoint(ctx))
-    saved = load_prototypes(ctx.path("prototypes.safetensors"))
-    dims = {"feature": model.feature_dim, "output": cfg.num_classes}
-    estimators = {
-        level: PrototypeEstimator(cfg.num_classes, dims[level], momentum=section.prototype_momentum)
-        for level in PROTOTYPE_LEVELS
-    }
-    for level, est in estimators.items():
-        protos = saved[f"{level}.prototypes"]
-        if tuple(protos.shape) != (cfg.num_classes, dims[level]):
-            raise CheckpointError(
-                f"prototypes.safetensors holds {level} prototypes of shape {tuple(protos.shape)}, expected "
-                f"{(cfg.num_classes, dims[level])}; rerun --stage prototypes (or --force)."
-            )
-        est.prototypes.copy_(protos)
-        est.counts.copy_(saved[f"{level}.counts"])
-        est.to(ctx.device)
-    net = prepare_for_training(ctx, model)
-    half = section.batch_size // 2
-    per_device = None if section.per_device_batch is None else max(1, section.per_device_batch // 2)
-    plan = make_plan(ctx, half, per_device)
-    sc = StepContext(
-        net=net,
-        model=model,
-        optimizer=build_optimizer(model, section),
-        plan=plan,
-        amp=cfg.amp,
-        scaler=make_scaler(ctx),
-        channels_last=cfg.channels_last,
-        device=ctx.device,
-        extra={
-            "cfg": section,
-            "estimators": estimators,
-            "pcl": PrototypeContrastiveLoss(temperature=section.temperature),
-        },
-    )
-    batches = adaptation_batches(ctx, plan)
-
-    def prototypes() -> dict[str, Tensor]:
-        return {f"{lv}.{n}": getattr(est, n) for lv, est in estimators.items() for n in ("prototypes", "counts")}
-
-    def load_extra(extra: dict[str, Tensor]) -> None:
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         with torch.no_grad():
-            for lv, est in estimators.items():
-                est.prototypes.copy_(extra[f"{lv}.prototypes"])
-                est.counts.copy_(extra[f"{lv}.counts"])
-
-    return run_training_loop(
-        ctx,
-        stage="proca",
-        section=section,
-        sc=sc,
-        batches=batches,
-        train_step=proca_train_step,
-        prototypes=prototypes,
-        load_extra=load_extra,
-    )
+            for level, est in self.estimators.items():
+                est.prototypes.copy_(tensors[f"{level}.prototypes"])
+                est.counts.copy_(tensors[f"{level}.counts"])

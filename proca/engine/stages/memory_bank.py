@@ -8,38 +8,41 @@ group) but is not part of the exported checkpoint; it and the bank live in the r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from proca.engine.stages.adapt import adaptation_batches, source_init_checkpoint
-from proca.engine.stages.common import (
-    STREAM_IDS,
-    LoopResult,
-    LossTerms,
-    RunContext,
-    StepContext,
-    StepResult,
-    accumulate_and_step,
-    build_stage_model,
-    make_plan,
-    make_scaler,
-    prepare_for_training,
-    run_training_loop,
-    sample_seed,
-    supervised_loss,
-)
+from proca.config import ProcaStageConfig
+from proca.engine.context import RunContext
+from proca.engine.device import cap_workers
+from proca.engine.setup import build_optimizer, build_stage_model, prepare_for_training, stage_checkpoint
+from proca.engine.stages.base import step_context, supervised_loss
+from proca.engine.streams import STREAM_IDS, adaptation_plan, adaptation_streams, sample_seed, step_batches
+from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 from proca.errors import CheckpointError
 
-__all__ = ["memory_bank_train_step", "run_memory_bank_stage"]
+__all__ = ["MemoryBankStage", "memory_bank_train_step"]
 
 _HEAD = "projection_head."
 _BANK = "memory_bank."
 _STEP = "memory_bank.step"
 
+Pair = tuple[dict[str, Any], dict[str, Any]]
 
-def memory_bank_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, Any], dict[str, Any]]]) -> StepResult:
+
+def memory_bank_train_step(
+    sc: StepContext,
+    micro_batches: list[Pair],
+    *,
+    cfg: ProcaStageConfig,
+    bank: Any,
+    criterion: nn.Module,
+    generator: torch.Generator,
+    step: Tensor,
+    seed: int,
+) -> StepResult:
     """One step of the memory-bank variant.
 
     For each (source, target) micro-batch:
@@ -54,13 +57,18 @@ def memory_bank_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, 
 
     After the optimiser step (not for a skipped step) the step's detached source embeddings, then target
     embeddings (all micro-batches of this rank together) are enqueued; under DDP the bank gathers every
-    rank's entries, so the banks stay identical. Random choices draw from a generator seeded by
+    rank's entries, so the banks stay identical. Random choices draw from ``generator`` seeded by
     ``(seed, step, rank)``, so a resumed run repeats them exactly.
 
     Args:
-        sc: step context; ``sc.extra`` holds ``cfg`` (the proca section), ``bank``, ``criterion``,
-            ``generator``, ``step`` (a one-element int64 tensor counting steps) and ``seed``.
+        sc: step context (``sc.net(x) -> (features, logits, embeddings)``).
         micro_batches: this rank's (source, target) micro-batch pairs.
+        cfg: the proca config section (``memory_bank`` holds the loss weights).
+        bank: the :class:`~proca.losses.memory_bank.MemoryBank`.
+        criterion: the :class:`~proca.losses.memory_bank.MemoryBankContrastiveLoss`.
+        generator: a CPU generator (the same draws on every device).
+        step: a one-element int64 tensor counting steps (incremented here).
+        seed: the run's seed.
 
     Returns:
         Loss terms ``ce``, ``lovasz``, ``mb_src``, ``mb_tgt``, ``total`` (or the skipped term's name).
@@ -70,20 +78,14 @@ def memory_bank_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, 
     """
     from proca.prototypes import confident_labels, downsample_labels
 
-    cfg = sc.extra["cfg"]
     mb = cfg.memory_bank
-    bank = sc.extra["bank"]
-    criterion = sc.extra["criterion"]
-    generator: torch.Generator = sc.extra["generator"]
-    step = int(sc.extra["step"].item())
-    position = step * sc.plan.world_size + sc.plan.rank
-    generator.manual_seed(sample_seed(sc.extra["seed"], STREAM_IDS["memory_bank"], position))
+    position = int(step.item()) * sc.plan.world_size + sc.plan.rank
+    generator.manual_seed(sample_seed(seed, STREAM_IDS["memory_bank"], position))
     stored: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
-    def compute(pair: tuple[dict[str, Any], dict[str, Any]]) -> LossTerms:
+    def compute(pair: Pair) -> LossTerms:
         src, tgt = pair
-        src_images, tgt_images = sc.images(src), sc.images(tgt)
-        src_labels = src["label"].to(sc.device, non_blocking=True)
+        src_images, tgt_images, src_labels = sc.images(src), sc.images(tgt), sc.labels(src)
         with sc.autocast():
             _, src_logits, src_emb = sc.net(src_images)
             _, tgt_logits, tgt_emb = sc.net(tgt_images)
@@ -98,106 +100,106 @@ def memory_bank_train_step(sc: StepContext, micro_batches: list[tuple[dict[str, 
         return terms
 
     result = accumulate_and_step(sc, micro_batches, compute)
-    sc.extra["step"] += 1
+    step += 1
     if result.skipped is None:  # every rank skips together, so the collective enqueue stays in step
         bank.enqueue(torch.cat([s[0] for s in stored]), torch.cat([s[1] for s in stored]), generator=generator)
         bank.enqueue(torch.cat([s[2] for s in stored]), torch.cat([s[3] for s in stored]), generator=generator)
     return result
 
 
-def run_memory_bank_stage(ctx: RunContext) -> LoopResult:
-    """Train stage 3 with the memory-bank loss from the source checkpoint (``RUN/proca.safetensors`` at the end).
+class MemoryBankStage(TrainingStage):
+    """Stage 3 with the memory-bank loss from the source checkpoint (``RUN/proca.safetensors`` at the end).
 
     Needs no ``prototypes.safetensors``. The exported checkpoints hold the segmentation model only; the
     projection head, its optimiser group, the bank's queues and the step counter are in the resumable
     state ``RUN/state/proca.safetensors`` (``projection_head.*``, ``memory_bank.*``).
     """
-    from proca.losses.memory_bank import MemoryBank, MemoryBankContrastiveLoss, ProjectionHead
 
-    cfg = ctx.cfg
-    section = cfg.proca
-    mb = section.memory_bank
-    with torch.random.fork_rng(devices=[]):  # the head's init depends on the seed only, not on earlier stages
-        torch.manual_seed(cfg.seed)
-        model = build_stage_model(ctx, source_init_checkpoint(ctx))
-        head = ProjectionHead(model.feature_dim, mb.hidden_dim, mb.embedding_dim)
-    bank = MemoryBank(
-        cfg.num_classes,
-        mb.embedding_dim,
-        pixel_queue_size=mb.pixel_queue_size,
-        prototype_queue_size=mb.prototype_queue_size,
-        pixels_per_class=mb.pixels_per_class,
-    ).to(ctx.device)
-    criterion = MemoryBankContrastiveLoss(
-        mb.temperature,
-        base_temperature=mb.base_temperature,
-        max_anchors_per_class=mb.max_anchors_per_class,
-        min_pixels_per_class=mb.min_pixels_per_class,
-        denominator=mb.denominator,
-    )
-    net = prepare_for_training(ctx, model, head)
-    groups = model.param_groups(section.lr, head_lr_mult=section.head_lr_mult, weight_decay=section.weight_decay)
-    groups.append(
-        {
-            "params": [p for p in head.parameters() if p.requires_grad],
+    name = "proca"
+
+    def __init__(self, ctx: RunContext) -> None:
+        from proca.losses.memory_bank import MemoryBank, MemoryBankContrastiveLoss, ProjectionHead
+
+        self.ctx = ctx
+        cfg = ctx.cfg
+        self.section: ProcaStageConfig = cfg.proca
+        section, mb = self.section, self.section.memory_bank
+        init = stage_checkpoint(ctx, "source", section.init_from, key="proca.init_from")
+        with torch.random.fork_rng(devices=[]):  # the head's init depends on the seed only, not on earlier stages
+            torch.manual_seed(cfg.seed)
+            model = build_stage_model(ctx, init)
+            self.head = ProjectionHead(model.feature_dim, mb.hidden_dim, mb.embedding_dim)
+        self.bank = MemoryBank(
+            cfg.num_classes,
+            mb.embedding_dim,
+            pixel_queue_size=mb.pixel_queue_size,
+            prototype_queue_size=mb.prototype_queue_size,
+            pixels_per_class=mb.pixels_per_class,
+        ).to(ctx.device)
+        self.criterion = MemoryBankContrastiveLoss(
+            mb.temperature,
+            base_temperature=mb.base_temperature,
+            max_anchors_per_class=mb.max_anchors_per_class,
+            min_pixels_per_class=mb.min_pixels_per_class,
+            denominator=mb.denominator,
+        )
+        net = prepare_for_training(ctx, model, self.head)
+        head_group = {
+            "params": [p for p in self.head.parameters() if p.requires_grad],
             "lr": section.lr * mb.head_lr_mult,
             "weight_decay": section.weight_decay,
             "name": "projection_head",
             "lr_mult": mb.head_lr_mult,
         }
-    )
-    optimizer = torch.optim.SGD(groups, lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
-    half = section.batch_size // 2
-    per_device = None if section.per_device_batch is None else max(1, section.per_device_batch // 2)
-    plan = make_plan(ctx, half, per_device)
-    step = torch.zeros(1, dtype=torch.long)
-    sc = StepContext(
-        net=net,
-        model=model,
-        optimizer=optimizer,
-        plan=plan,
-        amp=cfg.amp,
-        scaler=make_scaler(ctx),
-        channels_last=cfg.channels_last,
-        device=ctx.device,
-        extra={
-            "cfg": section,
-            "bank": bank,
-            "criterion": criterion,
-            "generator": torch.Generator(),  # CPU: the same draws on every device
-            "step": step,
-            "seed": cfg.seed,
-        },
-    )
+        optimizer = build_optimizer(model, section, extra_groups=[head_group])
+        plan = adaptation_plan(ctx)
+        self.sc = step_context(ctx, net, model, optimizer, plan)
+        self.streams = adaptation_streams(ctx, plan)
+        self.generator = torch.Generator()  # CPU: the same draws on every device
+        self.step = torch.zeros(1, dtype=torch.long)
 
-    def state_extra() -> dict[str, Tensor]:
-        tensors = {f"{_HEAD}{k}": v for k, v in head.state_dict().items()}
-        tensors.update({f"{_BANK}{k}": v for k, v in bank.state_dict().items()})
-        tensors[_STEP] = step
+    def batches(self, start: int) -> Iterator[Any]:
+        workers = cap_workers(self.ctx.cfg.num_workers, say=self.ctx.is_main and start == 0)
+        return step_batches(
+            self.ctx, self.sc.plan, self.streams, start=start, end=self.section.iters, num_workers=workers
+        )
+
+    def train_step(self, micro_batches: list[Pair]) -> StepResult:
+        return memory_bank_train_step(
+            self.sc,
+            micro_batches,
+            cfg=self.section,
+            bank=self.bank,
+            criterion=self.criterion,
+            generator=self.generator,
+            step=self.step,
+            seed=self.ctx.cfg.seed,
+        )
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        tensors = {f"{_HEAD}{k}": v for k, v in self.head.state_dict().items()}
+        tensors.update({f"{_BANK}{k}": v for k, v in self.bank.state_dict().items()})
+        tensors[_STEP] = self.step
         return tensors
 
-    def load_extra(extra: dict[str, Tensor]) -> None:
-        missing = [k for k in state_extra() if k not in extra]
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        missing = [k for k in self.state_tensors() if k not in tensors]
         if missing:
             raise CheckpointError(
-                f"{ctx.path('state/proca.safetensors')} lacks the memory-bank state ({missing[0]}, ...); it was "
-                "written by another --method: resume with that method, or use --force."
+                f"{self.ctx.path('state/proca.safetensors')} lacks the memory-bank state ({missing[0]}, ...); it "
+                "was written by another --method: resume with that method, or use --force."
             )
-        head.load_state_dict({k[len(_HEAD) :]: v for k, v in extra.items() if k.startswith(_HEAD)})
-        bank.load_state_dict({k[len(_BANK) :]: v for k, v in extra.items() if k.startswith(_BANK) and k != _STEP})
-        step.copy_(extra[_STEP])
+        self.head.load_state_dict({k[len(_HEAD) :]: v for k, v in tensors.items() if k.startswith(_HEAD)})
+        self.bank.load_state_dict(
+            {k[len(_BANK) :]: v for k, v in tensors.items() if k.startswith(_BANK) and k != _STEP}
+        )
+        self.step.copy_(tensors[_STEP])
 
-    def bank_tensors() -> dict[str, Tensor]:
-        return dict(bank.state_dict())
+    def synced_tensors(self) -> dict[str, dict[str, Tensor]]:
+        return {"memory_bank": dict(self.bank.state_dict())}
 
-    return run_training_loop(
-        ctx,
-        stage="proca",
-        section=section,
-        sc=sc,
-        batches=adaptation_batches(ctx, plan),
-        train_step=memory_bank_train_step,
-        load_extra=load_extra,
-        state_extra=state_extra,
-        synced=("memory_bank", bank_tensors),
-    )
+    def step_state(self) -> list[Tensor]:
+        # the step counter counts every step, skipped or not (it seeds the next step's draws)
+        head_buffers = list(self.head.buffers())
+        bank = list(self.bank.state_dict().values())
+        return [*self.sc.model.buffers(), *head_buffers, *bank]

@@ -2,66 +2,24 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
-from proca.engine.stages.common import RunContext, build_stage_model
-from proca.engine.stages.sources import source_dataset
-from proca.errors import CheckpointError
-from proca.io import atomic_write_bytes
-from proca.models.deeplabv2 import DeepLabV2
+from proca.engine.context import RunContext
+from proca.engine.inference import ProgressBar
+from proca.engine.prototype_io import PROTOTYPE_LEVELS, load_prototypes, save_prototypes
+from proca.engine.setup import build_stage_model, stage_checkpoint
+from proca.engine.streams import source_dataset
 from proca.prototypes import PrototypeEstimator
 
 __all__ = ["PROTOTYPE_LEVELS", "init_prototypes", "load_prototypes", "run_prototype_stage", "save_prototypes"]
 
-PROTOTYPE_LEVELS = ("feature", "output")
-"""Feature level (A = the backbone's channels) and output level (A = C, the logits)."""
-
-_HEADER = "proca_prototypes"
-
-
-def save_prototypes(path: str | Path, estimators: Mapping[str, nn.Module], metadata: dict[str, Any]) -> None:
-    """Write both prototype sets into one safetensors file (``<level>.prototypes``, ``<level>.counts``)."""
-    from safetensors.torch import save
-
-    tensors = {
-        f"{level}.{name}": getattr(est, name).detach().cpu().contiguous().clone()
-        for level, est in estimators.items()
-        for name in ("prototypes", "counts")
-    }
-    atomic_write_bytes(path, save(tensors, metadata={_HEADER: json.dumps(metadata)}))
-
-
-def load_prototypes(path: str | Path) -> dict[str, Tensor]:
-    """Read a file written by :func:`save_prototypes` (or a checkpoint's ``prototypes.*``) into flat tensors.
-
-    Raises:
-        CheckpointError: missing file or missing prototype sets.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"prototype file {path} does not exist; run --stage prototypes first.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            tensors = {k.removeprefix("prototypes."): handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable prototype file ({err}); rerun --stage prototypes.") from None
-    missing = [f"{lv}.{n}" for lv in PROTOTYPE_LEVELS for n in ("prototypes", "counts") if f"{lv}.{n}" not in tensors]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; rerun --stage prototypes.")
-    return tensors
-
 
 @torch.no_grad()
-def init_prototypes(ctx: RunContext, model: DeepLabV2) -> dict[str, PrototypeEstimator]:
+def init_prototypes(ctx: RunContext, model: Any) -> dict[str, PrototypeEstimator]:
     """One eval-mode pass over the source train set: exact class means at both levels.
 
     Every process handles its share of the images; the per-class sums and counts are then
@@ -90,10 +48,7 @@ def init_prototypes(ctx: RunContext, model: DeepLabV2) -> dict[str, PrototypeEst
         batch_size=section.batch_size,
         num_workers=0 if ctx.device.type == "cpu" else min(4, cfg.num_workers),
     )
-    from rich.progress import Progress
-
-    with Progress(disable=not (ctx.progress and ctx.is_main)) as bar:
-        task = bar.add_task("prototypes", total=len(indices))
+    with ProgressBar(len(indices), "prototypes", enabled=ctx.progress and ctx.is_main) as bar:
         for batch in loader:
             images = batch["image"].as_subclass(Tensor).to(ctx.device)
             labels = batch["label"].as_subclass(Tensor).long().to(ctx.device)
@@ -103,7 +58,7 @@ def init_prototypes(ctx: RunContext, model: DeepLabV2) -> dict[str, PrototypeEst
             small = downsample_labels(labels, features.shape[-2:])
             estimators["feature"].update(features.float(), small)
             estimators["output"].update(logits.float(), small)
-            bar.advance(task, len(images))
+            bar.advance(len(images))
     if ctx.dist.distributed and dist.is_initialized():
         for est in estimators.values():
             sums = est.prototypes.double() * est.counts.double().unsqueeze(1)
@@ -118,9 +73,7 @@ def init_prototypes(ctx: RunContext, model: DeepLabV2) -> dict[str, PrototypeEst
 def run_prototype_stage(ctx: RunContext) -> dict[str, Any]:
     """Stage 2: from the source checkpoint (``prototypes.init_from``) write ``RUN/prototypes.safetensors``."""
     section = ctx.cfg.prototypes
-    init = ctx.path("source.safetensors" if section.init_from == "last" else "source.best.safetensors")
-    if not init.is_file():
-        raise CheckpointError(f"{init} does not exist; run --stage source first (or set prototypes.init_from).")
+    init = stage_checkpoint(ctx, "source", section.init_from, key="prototypes.init_from")
     model = build_stage_model(ctx, init)
     estimators = init_prototypes(ctx, model)
     counts = estimators["feature"].counts

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from proca.engine.context import RunContext
 from proca.engine.launch import barrier
-from proca.engine.stages.common import RunContext, build_stage_model
-from proca.errors import CheckpointError
+from proca.engine.setup import build_stage_model, stage_checkpoint
 
 __all__ = ["run_pseudo_label_stage"]
 
@@ -23,9 +23,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     from proca.engine.pseudo_label import generate_pseudo_labels
 
     section = ctx.cfg.pseudo_label
-    init = ctx.path("proca.safetensors" if section.init_from == "last" else "proca.best.safetensors")
-    if not init.is_file():
-        raise CheckpointError(f"{init} does not exist; run --stage proca first (or set pseudo_label.init_from).")
+    init = stage_checkpoint(ctx, "proca", section.init_from, key="pseudo_label.init_from")
     final = ctx.path("pseudo_labels")
     partial = ctx.path("pseudo_labels.partial")
     if ctx.is_main and partial.exists():

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from proca.engine.stages.common import (
-    STREAM_IDS,
-    LoopResult,
-    RunContext,
-    StepBatchSampler,
-    StepContext,
-    StepResult,
-    accumulate_and_step,
-    build_optimizer,
-    build_stage_model,
-    make_loader,
-    make_plan,
-    make_scaler,
-    prepare_for_training,
-    run_training_loop,
-    supervised_loss,
-    uniform_stream,
-)
+from proca.config import SelfTrainingStageConfig
+from proca.engine.context import RunContext
+from proca.engine.device import cap_workers
+from proca.engine.setup import build_optimizer, build_stage_model, make_plan, prepare_for_training
+from proca.engine.stages.base import step_context, supervised_loss
+from proca.engine.streams import STREAM_IDS, Stream, step_batches, uniform_stream
+from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 from proca.errors import CheckpointError
 
-__all__ = ["run_ssl_stage", "ssl_train_step"]
+__all__ = ["SelfTrainingStage", "ssl_train_step"]
 
 
 def ssl_train_step(sc: StepContext, micro_batches: list[dict[str, Any]]) -> StepResult:
@@ -33,17 +23,12 @@ def ssl_train_step(sc: StepContext, micro_batches: list[dict[str, Any]]) -> Step
     Logits are upsampled bilinearly (``align_corners=True``) to the crop size; the loss is the mean over
     the global batch (gradient accumulation over ``micro_batches``).
 
-    Args:
-        sc: step context.
-        micro_batches: this rank's micro-batches, ``image`` (B, 3, H, W) and pseudo ``label`` (B, H, W).
-
     Returns:
         Loss terms ``ce`` and ``total`` (or the skipped term's name).
     """
 
-    def compute(batch: dict[str, Any]) -> dict[str, Any]:
-        images = sc.images(batch)
-        labels = batch["label"].to(sc.device, non_blocking=True)
+    def compute(batch: dict[str, Any]) -> LossTerms:
+        images, labels = sc.images(batch), sc.labels(batch)
         with sc.autocast():
             _, logits = sc.net(images)
         return supervised_loss(logits, labels, 0.0)
@@ -51,42 +36,39 @@ def ssl_train_step(sc: StepContext, micro_batches: list[dict[str, Any]]) -> Step
     return accumulate_and_step(sc, micro_batches, compute)
 
 
-def run_ssl_stage(ctx: RunContext) -> LoopResult:
-    """Train stage 5 on ``RUN/pseudo_labels`` (``RUN/ssl.safetensors`` at the end)."""
-    from proca.data.datasets import PseudoLabelDataset
-    from proca.data.transforms import self_training_transform
+class SelfTrainingStage(TrainingStage):
+    """Stage 5 on ``RUN/pseudo_labels`` (``RUN/ssl.safetensors`` at the end)."""
 
-    cfg = ctx.cfg
-    section = cfg.ssl
-    labels = ctx.path("pseudo_labels")
-    if not labels.is_dir():
-        raise CheckpointError(f"{labels} does not exist; run --stage pseudo-label first.")
-    init = None if section.init == "imagenet" else ctx.path("proca.safetensors")
-    model = build_stage_model(ctx, init, imagenet=True)
-    net = prepare_for_training(ctx, model)
-    plan = make_plan(ctx, section.batch_size, section.per_device_batch)
-    sc = StepContext(
-        net=net,
-        model=model,
-        optimizer=build_optimizer(model, section),
-        plan=plan,
-        amp=cfg.amp,
-        scaler=make_scaler(ctx),
-        channels_last=cfg.channels_last,
-        device=ctx.device,
-    )
-    transform = self_training_transform(
-        section.scale_reference, scale=section.scale, crop=section.input_size, jitter=section.color_jitter
-    )
-    dataset = PseudoLabelDataset(
-        ctx.data_root / "cityscapes", labels, split="train", class_set=ctx.class_set, transform=transform
-    )
-    fetch = uniform_stream(len(dataset), seed=cfg.seed, stream=STREAM_IDS["ssl"])
+    name = "ssl"
 
-    def batches(start: int) -> Any:
-        sampler = StepBatchSampler(fetch, plan, start=start, end=section.iters, seed=cfg.seed, stream=STREAM_IDS["ssl"])
-        loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, device=ctx.device)
-        while True:
-            yield [next(loader) for _ in range(plan.accum_steps)]
+    def __init__(self, ctx: RunContext) -> None:
+        from proca.data.datasets import PseudoLabelDataset
+        from proca.data.transforms import self_training_transform
 
-    return run_training_loop(ctx, stage="ssl", section=section, sc=sc, batches=batches, train_step=ssl_train_step)
+        self.ctx = ctx
+        self.section: SelfTrainingStageConfig = ctx.cfg.ssl
+        section = self.section
+        labels = ctx.path("pseudo_labels")
+        if not labels.is_dir():
+            raise CheckpointError(f"{labels} does not exist; run --stage pseudo-label first.")
+        init = None if section.init == "imagenet" else ctx.path("proca.safetensors")
+        model = build_stage_model(ctx, init, imagenet=True)
+        plan = make_plan(ctx, section.batch_size, section.per_device_batch)
+        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, build_optimizer(model, section), plan)
+        transform = self_training_transform(
+            section.scale_reference, scale=section.scale, crop=section.input_size, jitter=section.color_jitter
+        )
+        dataset = PseudoLabelDataset(
+            ctx.data_root / "cityscapes", labels, split="train", class_set=ctx.class_set, transform=transform
+        )
+        fetch = uniform_stream(len(dataset), seed=ctx.cfg.seed, stream=STREAM_IDS["ssl"])
+        self.stream = Stream(dataset, fetch, STREAM_IDS["ssl"])
+
+    def batches(self, start: int) -> Iterator[Any]:
+        workers = cap_workers(self.ctx.cfg.num_workers, say=self.ctx.is_main and start == 0)
+        return step_batches(
+            self.ctx, self.sc.plan, [self.stream], start=start, end=self.section.iters, num_workers=workers
+        )
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> StepResult:
+        return ssl_train_step(self.sc, micro_batches)

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from proca.engine.stages.common import (
-    STREAM_IDS,
-    LoopResult,
-    RunContext,
-    StepBatchSampler,
-    StepContext,
-    StepResult,
-    accumulate_and_step,
-    build_optimizer,
-    build_stage_model,
-    make_loader,
-    make_plan,
-    make_scaler,
-    prepare_for_training,
-    run_training_loop,
-    supervised_loss,
-)
-from proca.engine.stages.sources import source_training_data
+from proca.config import SourceStageConfig
+from proca.engine.context import RunContext
+from proca.engine.device import cap_workers
+from proca.engine.setup import build_optimizer, build_stage_model, make_plan, prepare_for_training
+from proca.engine.stages.base import step_context, supervised_loss
+from proca.engine.streams import STREAM_IDS, Stream, source_stream, step_batches
+from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 
-__all__ = ["run_source_stage", "source_train_step"]
+__all__ = ["SourceStage", "source_train_step"]
 
 
-def source_train_step(sc: StepContext, micro_batches: list[dict[str, Any]]) -> StepResult:
+def source_train_step(sc: StepContext, micro_batches: list[dict[str, Any]], *, lovasz_weight: float) -> StepResult:
     """One source-only step: CE + ``lovasz_weight`` x Lovasz-softmax on the source batch.
 
     The network runs in train mode; its logits (stride 8) are upsampled bilinearly
@@ -34,57 +24,52 @@ def source_train_step(sc: StepContext, micro_batches: list[dict[str, Any]]) -> S
     (gradient accumulation over ``micro_batches``).
 
     Args:
-        sc: step context; ``sc.extra["lovasz_weight"]`` weighs the Lovasz term.
+        sc: step context.
         micro_batches: this rank's micro-batches, dicts with ``image`` (B, 3, H, W) and ``label`` (B, H, W).
+        lovasz_weight: weight of the Lovasz term (0: cross entropy only, the self-training loss).
 
     Returns:
         Loss terms ``ce``, ``lovasz``, ``total`` (or the skipped term's name).
     """
-    weight = float(sc.extra["lovasz_weight"])
 
-    def compute(batch: dict[str, Any]) -> dict[str, Any]:
-        images = sc.images(batch)
-        labels = batch["label"].to(sc.device, non_blocking=True)
+    def compute(batch: dict[str, Any]) -> LossTerms:
+        images, labels = sc.images(batch), sc.labels(batch)
         with sc.autocast():
             _, logits = sc.net(images)
-        return supervised_loss(logits, labels, weight)
+        return supervised_loss(logits, labels, lovasz_weight)
 
     return accumulate_and_step(sc, micro_batches, compute)
 
 
-def run_source_stage(ctx: RunContext) -> LoopResult:
-    """Train stage 1 from ImageNet weights (``RUN/source.safetensors`` at the end)."""
-    cfg = ctx.cfg
-    section = cfg.source
-    model = build_stage_model(ctx, None, imagenet=True)
-    net = prepare_for_training(ctx, model)
-    plan = make_plan(ctx, section.batch_size, section.per_device_batch)
-    sc = StepContext(
-        net=net,
-        model=model,
-        optimizer=build_optimizer(model, section),
-        plan=plan,
-        amp=cfg.amp,
-        scaler=make_scaler(ctx),
-        channels_last=cfg.channels_last,
-        device=ctx.device,
-        extra={"lovasz_weight": section.lovasz_weight},
-    )
-    dataset, fetch = source_training_data(
-        ctx,
-        size=section.input_size,
-        jitter=section.color_jitter,
-        class_balanced=section.class_balanced,
-        total=section.iters * plan.global_batch,
-        seed_stream=STREAM_IDS["source"],
-    )
+class SourceStage(TrainingStage):
+    """Stage 1 from ImageNet weights (``RUN/source.safetensors`` at the end).
 
-    def batches(start: int) -> Any:
-        sampler = StepBatchSampler(
-            fetch, plan, start=start, end=section.iters, seed=cfg.seed, stream=STREAM_IDS["source"]
+    Args:
+        ctx: run context (``cfg.source`` is the section).
+    """
+
+    name = "source"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.section: SourceStageConfig = ctx.cfg.source
+        model = build_stage_model(ctx, None, imagenet=True)
+        plan = make_plan(ctx, self.section.batch_size, self.section.per_device_batch)
+        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, build_optimizer(model, self.section), plan)
+        self.stream: Stream = source_stream(
+            ctx,
+            size=self.section.input_size,
+            jitter=self.section.color_jitter,
+            class_balanced=self.section.class_balanced,
+            total=self.section.iters * plan.global_batch,
+            stream_id=STREAM_IDS["source"],
         )
-        loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, device=ctx.device)
-        while True:
-            yield [next(loader) for _ in range(plan.accum_steps)]
 
-    return run_training_loop(ctx, stage="source", section=section, sc=sc, batches=batches, train_step=source_train_step)
+    def batches(self, start: int) -> Iterator[Any]:
+        workers = cap_workers(self.ctx.cfg.num_workers, say=self.ctx.is_main and start == 0)
+        return step_batches(
+            self.ctx, self.sc.plan, [self.stream], start=start, end=self.section.iters, num_workers=workers
+        )
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> StepResult:
+        return source_train_step(self.sc, micro_batches, lovasz_weight=self.section.lovasz_weight)

@@ -1,0 +1,141 @@
+"""Model and optimiser set-up of a training stage: checkpoints to start from, DDP/SyncBN, SGD, AMP scaler."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from proca.engine.context import RunContext
+from proca.engine.schedule import BatchPlan, plan_batch
+from proca.errors import CheckpointError
+
+__all__ = [
+    "FeaturesForward",
+    "build_optimizer",
+    "build_stage_model",
+    "make_plan",
+    "make_scaler",
+    "prepare_for_training",
+    "stage_checkpoint",
+]
+
+
+class FeaturesForward(nn.Module):
+    """``forward(x) = model.forward_features(x)``, so DDP (which wraps ``forward``) sees both outputs.
+
+    With a ``head`` (the memory-bank variant's projection head) the output is ``(features, logits,
+    head(features))``, so the head trains inside the same DDP module.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        features, logits = self.model.forward_features(x)  # type: ignore[operator]
+        if self.head is None:
+            return features, logits
+        return features, logits, self.head(features)
+
+
+def stage_checkpoint(ctx: RunContext, stage: str, choice: str, *, key: str) -> Path:
+    """The checkpoint of an earlier ``stage`` a later stage starts from: ``RUN/<stage>.safetensors`` (``last``)
+    or ``RUN/<stage>.best.safetensors`` (``best``).
+
+    Args:
+        ctx: run context.
+        stage: the earlier stage (``source``, ``proca``).
+        choice: ``"last"`` or ``"best"``.
+        key: the config key that chose it (named in the error).
+
+    Raises:
+        CheckpointError: the file does not exist.
+    """
+    path = ctx.path(f"{stage}.safetensors" if choice == "last" else f"{stage}.best.safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; run --stage {stage} first (or set {key}).")
+    return path
+
+
+def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> nn.Module:
+    """A model for a stage: loaded from a previous stage's checkpoint, or freshly built.
+
+    Args:
+        ctx: run context (architecture, classes, backbone weights).
+        init: checkpoint to start from (None: a fresh model).
+        imagenet: for a fresh model, load ``ctx.backbone_weights`` (random init with a notice when None).
+    """
+    from proca.models import build_model, load_model
+
+    cfg = ctx.cfg
+    if init is not None:
+        model = load_model(init).model
+        if model.arch != cfg.arch or model.num_classes != cfg.num_classes:
+            raise CheckpointError(
+                f"{init} holds {model.arch} with {model.num_classes} classes but the run is {cfg.arch} with "
+                f"{cfg.num_classes}; use --force to start the run over."
+            )
+        return model
+    weights = ctx.backbone_weights if imagenet else None
+    if weights is None and imagenet and ctx.is_main:
+        warnings.warn(
+            f"no --backbone-weights: {cfg.arch} starts from random weights; the paper's numbers need the "
+            "ImageNet weights (e.g. resnet101-5d3b4d8f.pth).",
+            stacklevel=2,
+        )
+    return build_model(cfg.arch, num_classes=cfg.num_classes, backbone_weights=weights, norm=cfg.norm)
+
+
+def prepare_for_training(ctx: RunContext, model: nn.Module, head: nn.Module | None = None) -> nn.Module:
+    """Move to the device, train mode, channels_last, SyncBatchNorm + DDP under several processes.
+
+    Returns:
+        The network to call in train steps: ``net(x) -> (features, logits)`` (``(features, logits,
+        embeddings)`` with a ``head``). ``model`` stays the unwrapped module to save and evaluate.
+    """
+    modules = [model] if head is None else [model, head]
+    for module in modules:
+        module.to(ctx.device)
+        if ctx.cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+        module.train()
+    net: nn.Module = FeaturesForward(model, head)
+    if ctx.dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if ctx.device.type != "cpu":
+            # SyncBatchNorm needs an accelerator; on CPU (gloo) each process normalises its own share.
+            # A frozen-norm model keeps its BatchNorm; the head's BatchNorm always trains.
+            for module in modules if ctx.cfg.norm != "frozen" else modules[1:]:
+                converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                assert converted is module
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        # Each step runs two forward passes (source, target) before one backward. On CUDA, cuDNN's
+        # batch norm saves the running statistics for backward, and DDP's buffer broadcast at the
+        # second forward modifies them in place: autograd then fails ("modified by an inplace
+        # operation", measured on an H100 with NCCL). SyncBatchNorm keeps the statistics equal on
+        # every rank there anyway, so buffers are broadcast only on CPU (gloo, no SyncBatchNorm).
+        net = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=ctx.device.type == "cpu")
+    return net
+
+
+def build_optimizer(model: nn.Module, section: Any, extra_groups: list[dict[str, Any]] | None = None) -> Any:
+    """SGD with the release's groups: backbone at lr, head at ``head_lr_mult`` x lr, momentum, weight decay."""
+    groups = model.param_groups(section.lr, head_lr_mult=section.head_lr_mult, weight_decay=section.weight_decay)  # type: ignore[operator]
+    groups += extra_groups or []
+    return torch.optim.SGD(groups, lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
+
+
+def make_plan(ctx: RunContext, global_batch: int, per_device: int | None) -> BatchPlan:
+    """This rank's share of a global batch."""
+    return plan_batch(global_batch, ctx.dist.world_size, ctx.dist.rank, per_device)
+
+
+def make_scaler(ctx: RunContext) -> torch.amp.GradScaler:
+    """The fp16 gradient scaler (disabled for fp32 and bf16)."""
+    return torch.amp.GradScaler(ctx.device.type, enabled=ctx.cfg.amp == "fp16")
