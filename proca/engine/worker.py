@@ -1,8 +1,9 @@
 """The process torchrun starts for ``proca train --gpus N`` / ``--nproc N``.
 
-``python -m proca.engine.worker RUN_OPTIONS_JSON [debug]`` (positional: torchrun reads options itself): reads the resolved configuration
-the launching ``proca train`` wrote to ``RUN/config.json`` (no command line is parsed a second time) and
-runs the pipeline as one process of the group. User errors print one line and exit with status 2.
+``python -m proca.engine.worker RUN_OPTIONS_JSON [debug]`` (positional arguments: torchrun would read
+options as its own) reads the resolved configuration that the launching ``proca train`` wrote to
+``RUN/config.json`` (no command line is parsed a second time) and runs the pipeline as one process of
+the group. User errors print one line and exit with status 2.
 """
 
 from __future__ import annotations

@@ -224,8 +224,8 @@ def _tail(proc: subprocess.Popen[bytes]) -> str:
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(base: dict[str, Path], tmp_path: Path) -> None:
     from proca.engine.state import load_training_state
-    from tests.engine._train import train as run_train
     from proca.models import load_model
+    from tests.engine._train import train as run_train
 
     ref, killed = _copy_base(base, tmp_path / "ref"), _copy_base(base, tmp_path / "killed")
     state = killed / "state" / "proca.safetensors"

@@ -86,8 +86,8 @@ def test_state_roundtrip_restores_optimizer_and_rng(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     from proca.data.synthetic import write_synthetic_datasets
-    from tests.engine._train import train as run_train
     from proca.models import load_model
+    from tests.engine._train import train as run_train
 
     synth = tmp_path / "synth"
     write_synthetic_datasets(synth, seed=1, num_train=4, num_val=1, size=(32, 64), progress=False)

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from proca.config import resolve_config
-from proca.engine.launch import DistInfo
-from proca.engine.schedule import plan_batch, poly_lr, set_lr
 from proca.engine.context import RunContext
 from proca.engine.hooks import default_hooks
+from proca.engine.launch import DistInfo
+from proca.engine.schedule import plan_batch, poly_lr, set_lr
 from proca.engine.stages.base import supervised_loss
 from proca.engine.stages.source import source_train_step
 from proca.engine.trainer import StepContext, StepResult, Trainer, TrainingStage
