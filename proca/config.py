@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 Size = tuple[int, int]
-CheckpointChoice = Literal["last", "best"]
+CheckpointChoice = Literal["last", "best", "release"]
+"""last: the stage's final checkpoint; best: its best validation; release: what the release's scripts use
+(``model_current.pth``: the newest validated checkpoint that did not beat the best so far)."""
 
 
 class _Model(BaseModel):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from proca.engine.context import RunContext
 from proca.engine.launch import all_reduce_mean, any_flag, barrier
 from proca.engine.schedule import poly_lr, set_lr
+from proca.engine.setup import CHECKPOINT_FILES, wants_release_checkpoint
 from proca.engine.trainer import Hook, Trainer
 from proca.errors import CheckpointError, ProcaError
 
@@ -139,7 +140,11 @@ def save_model_file(
 
 
 class EvalHook(Hook):
-    """Validation every ``eval_every`` steps and at the end; the best is kept as ``RUN/<stage>.best.safetensors``."""
+    """Validation every ``eval_every`` steps and at the end; the best is kept as ``RUN/<stage>.best.safetensors``.
+
+    When a later stage starts from this stage's ``release`` checkpoint, a validation that does not beat the best
+    writes ``RUN/<stage>.current.safetensors`` (the release's ``model_current.pth``).
+    """
 
     def after_step(self, trainer: Trainer) -> None:
         ctx, stage, done = trainer.ctx, trainer.stage, trainer.iteration
@@ -149,11 +154,13 @@ class EvalHook(Hook):
         model = stage.sc.model
         trainer.last_metrics = validate(ctx, model, progress=False)
         trainer.logger.log_eval(done, {k: v for k, v in trainer.last_metrics.items() if k != "per_class"})
-        if trainer.best_miou is None or trainer.last_metrics["miou"] > trainer.best_miou:
+        best = trainer.best_miou is None or trainer.last_metrics["miou"] > trainer.best_miou
+        if best:
             trainer.best_miou, trainer.best_iteration = trainer.last_metrics["miou"], done
-            if ctx.is_main:
-                path = ctx.path(f"{stage.name}.best.safetensors")
-                save_model_file(ctx, model, path, stage.name, done, trainer.last_metrics, stage.checkpoint_tensors())
+        if ctx.is_main and (best or wants_release_checkpoint(ctx, stage.name)):
+            # as the release: model_best.pth when the validation improved, else model_current.pth
+            path = ctx.path(CHECKPOINT_FILES["best" if best else "release"].format(stage=stage.name))
+            save_model_file(ctx, model, path, stage.name, done, trainer.last_metrics, stage.checkpoint_tensors())
         model.train()
         trainer.logger.reset_timer(done)
 

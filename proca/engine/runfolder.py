@@ -44,7 +44,8 @@ def stage_outputs(stage: str) -> list[str]:
     """The names (in RUN) a stage writes; the first is its final output."""
     names = [FINAL_OUTPUTS[stage]]
     if stage in ("source", "proca", "ssl"):
-        names += [f"{stage}.best.safetensors", f"state/{stage}.safetensors", f"{stage}.log.jsonl", f"tb/{stage}"]
+        names += [f"{stage}.best.safetensors", f"{stage}.current.safetensors", f"state/{stage}.safetensors"]
+        names += [f"{stage}.log.jsonl", f"tb/{stage}"]
     if stage == "pseudo-label":
         names.append("pseudo_labels.partial")
     return names

@@ -14,6 +14,7 @@ from proca.engine.schedule import BatchPlan, plan_batch
 from proca.errors import CheckpointError
 
 __all__ = [
+    "CHECKPOINT_FILES",
     "FeaturesForward",
     "build_optimizer",
     "build_stage_model",
@@ -21,6 +22,7 @@ __all__ = [
     "make_scaler",
     "prepare_for_training",
     "stage_checkpoint",
+    "wants_release_checkpoint",
 ]
 
 
@@ -43,23 +45,43 @@ class FeaturesForward(nn.Module):
         return features, logits, self.head(features)
 
 
+CHECKPOINT_FILES = {
+    "last": "{stage}.safetensors",
+    "best": "{stage}.best.safetensors",
+    "release": "{stage}.current.safetensors",
+}
+"""The file of each ``init_from`` choice. ``release`` is the release's ``model_current.pth``: written at every
+validation that did not beat the best so far, so it is the newest such checkpoint (not the last one)."""
+
+
 def stage_checkpoint(ctx: RunContext, stage: str, choice: str, *, key: str) -> Path:
-    """The checkpoint of an earlier ``stage`` a later stage starts from: ``RUN/<stage>.safetensors`` (``last``)
-    or ``RUN/<stage>.best.safetensors`` (``best``).
+    """The checkpoint of an earlier ``stage`` a later stage starts from (:data:`CHECKPOINT_FILES`).
 
     Args:
         ctx: run context.
         stage: the earlier stage (``source``, ``proca``).
-        choice: ``"last"`` or ``"best"``.
+        choice: ``"last"``, ``"best"`` or ``"release"``.
         key: the config key that chose it (named in the error).
 
     Raises:
         CheckpointError: the file does not exist.
     """
-    path = ctx.path(f"{stage}.safetensors" if choice == "last" else f"{stage}.best.safetensors")
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; run --stage {stage} first (or set {key}).")
-    return path
+    path = ctx.path(CHECKPOINT_FILES[choice].format(stage=stage))
+    if path.is_file():
+        return path
+    if choice == "release" and ctx.path(f"{stage}.safetensors").is_file():
+        raise CheckpointError(
+            f"{path} does not exist: every validation of stage {stage!r} beat the best before it, so the release "
+            f"would have no model_current.pth either; set {key} to last or best."
+        )
+    raise CheckpointError(f"{path} does not exist; run --stage {stage} first (or set {key}).")
+
+
+def wants_release_checkpoint(ctx: RunContext, stage: str) -> bool:
+    """True when a later stage starts from ``stage``'s ``release`` checkpoint (so the eval hook writes it)."""
+    cfg = ctx.cfg
+    users = {"source": (cfg.prototypes.init_from, cfg.proca.init_from), "proca": (cfg.pseudo_label.init_from,)}
+    return "release" in users.get(stage, ())
 
 
 def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> nn.Module:

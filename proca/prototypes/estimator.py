@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from proca.errors import CheckpointError, ConfigError
+from proca.errors import CheckpointError, ConfigError, DataError
 from proca.io import atomic_write_bytes
 from proca.prototypes.functional import class_sums
 from proca.safeload import read_torch_file
@@ -103,8 +103,16 @@ class PrototypeEstimator(nn.Module):
                 f"features of shape {tuple(features.shape)} do not fit this estimator's feature_dim "
                 f"{self.feature_dim}; pass (N, {self.feature_dim}) or (B, {self.feature_dim}, H, W)."
             )
-        sums, counts = class_sums(features.detach(), labels, self.num_classes, ignore_index=self.ignore_index)
-        if self.sync and dist.is_available() and dist.is_initialized():
+        synced = self.sync and dist.is_available() and dist.is_initialized()
+        if not synced:
+            sums, counts = class_sums(features.detach(), labels, self.num_classes, ignore_index=self.ignore_index)
+        else:
+            try:
+                sums, counts = class_sums(features.detach(), labels, self.num_classes, ignore_index=self.ignore_index)
+                error: DataError | None = None
+            except DataError as err:  # agreed on below, so the other processes do not wait in the all-reduce
+                error = err
+            _raise_on_any_rank(error, features.device)
             dist.all_reduce(sums)
             dist.all_reduce(counts)
         self._apply_sums(sums.to(self.prototypes.device), counts.to(self.counts.device))
@@ -219,3 +227,17 @@ def _read_release(file: Path) -> tuple[Tensor, Tensor]:
         raise CheckpointError(f"release prototype file {file} must hold a dict with 'Proto' and 'Amount' tensors.")
     # the release kept counts in float32; round them back to integers
     return state["Proto"].float(), state["Amount"].double().round().long()
+
+
+def _raise_on_any_rank(error: DataError | None, device: torch.device) -> None:
+    """Raise the same :class:`DataError` on every process when any process has one (a collective)."""
+    flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() == 0:
+        return
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else str(error))
+    rank, first = next((r, m) for r, m in enumerate(messages) if m is not None)
+    if error is not None:
+        raise error
+    raise DataError(f"process {rank}: {first}")
