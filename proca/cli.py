@@ -194,12 +194,12 @@ def train(
     src: Annotated[
         SourceName | None,
         typer.Option(
-            "--src", help="Labelled source dataset [default: the config's, else gtav].", rich_help_panel=_DATA
+            "--src", help="Labelled source dataset (default: the config's src, else gtav).", rich_help_panel=_DATA
         ),
     ] = None,
     tgt: Annotated[
         TargetName | None,
-        typer.Option("--tgt", help="Unlabelled target dataset [default: cityscapes].", rich_help_panel=_DATA),
+        typer.Option("--tgt", help="Unlabelled target dataset (default: cityscapes).", rich_help_panel=_DATA),
     ] = None,
     data_root: Annotated[
         Path, typer.Option("--data-root", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA)
@@ -208,10 +208,13 @@ def train(
         bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
     ] = False,
     arch: Annotated[
-        str | None, typer.Option("--arch", help="Architecture, e.g. deeplabv2_resnet101.", rich_help_panel=_MODEL)
+        str | None,
+        typer.Option(
+            "--arch", help="Architecture, e.g. deeplabv2_resnet101 (config key arch).", rich_help_panel=_MODEL
+        ),
     ] = None,
     method: Annotated[
-        Method | None, typer.Option("--method", help="Adaptation loss [default: prototype].", rich_help_panel=_MODEL)
+        Method | None, typer.Option("--method", help="Adaptation loss (config key method).", rich_help_panel=_MODEL)
     ] = None,
     backbone_weights: Annotated[
         Path | None,
@@ -227,14 +230,21 @@ def train(
     ] = None,
     iters: Annotated[
         int | None,
-        typer.Option("--iters", min=1, help="Length of every stage (smoke runs).", rich_help_panel=_SCHEDULE),
+        typer.Option(
+            "--iters",
+            min=1,
+            help="Length of every stage: source/proca/ssl.iters (smoke runs).",
+            rich_help_panel=_SCHEDULE,
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", min=1, help="Global batch size of every stage.", rich_help_panel=_SCHEDULE),
+        typer.Option(
+            "--batch-size", min=1, help="Global batch size: source/proca/ssl.batch_size.", rich_help_panel=_SCHEDULE
+        ),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Random seed [default: 0].", rich_help_panel=_SCHEDULE)
+        int | None, typer.Option("--seed", help="Random seed (config key seed).", rich_help_panel=_SCHEDULE)
     ] = None,
     device: Annotated[
         str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.", rich_help_panel=_HARDWARE)
@@ -257,13 +267,13 @@ def train(
         typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).", rich_help_panel=_HARDWARE),
     ] = None,
     amp: Annotated[
-        Amp | None, typer.Option("--amp", help="Mixed precision [default: none].", rich_help_panel=_HARDWARE)
+        Amp | None, typer.Option("--amp", help="Mixed precision (config key amp).", rich_help_panel=_HARDWARE)
     ] = None,
     channels_last: Annotated[
         bool | None,
         typer.Option(
             "--channels-last/--no-channels-last",
-            help="channels_last memory format [default: off].",
+            help="channels_last memory format (config key channels_last).",
             rich_help_panel=_HARDWARE,
         ),
     ] = None,
@@ -282,7 +292,10 @@ def train(
     checkpoint_every: Annotated[
         int | None,
         typer.Option(
-            "--checkpoint-every", min=1, help="Save resumable state every N iterations.", rich_help_panel=_RUN
+            "--checkpoint-every",
+            min=1,
+            help="Save resumable state every N iterations (config key checkpoint_every).",
+            rich_help_panel=_RUN,
         ),
     ] = None,
     config: Annotated[
