@@ -1,14 +1,16 @@
-"""Turn the ``--device`` option into a :class:`torch.device`."""
+"""Turn the ``--device`` option into a :class:`torch.device`; count the CPUs this process may use."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 
 import torch
 
 from proca.errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["cap_workers", "resolve_device", "usable_cpus"]
 
 _VALID = "auto, cpu, cuda or cuda:N"
 
@@ -53,3 +55,42 @@ def resolve_device(name: str | torch.device) -> torch.device:
             raise ConfigError(f"--device {name!s}: MPS is not available on this machine; use --device cpu or auto.")
         return torch.device("mps")
     raise ConfigError(f"--device {name!s} is not a device; valid: {_VALID}.")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (Linux), else ``os.cpu_count()``.
+
+    Under ``taskset``, cgroup cpusets or a SLURM allocation the affinity is what counts, not the machine.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def _say_stderr(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(message, soft_wrap=True)
+
+
+def cap_workers(requested: int, *, say: Callable[[str], None] | None = _say_stderr, what: str = "DataLoader") -> int:
+    """Lower a worker-process count to the CPUs this process may use (see :func:`usable_cpus`).
+
+    Args:
+        requested: the count asked for (0: load in the main process; never raised).
+        say: called with one line when the count is lowered (default: printed to stderr); ``None`` is silent.
+        what: names the workers in that line.
+
+    Returns:
+        ``min(requested, usable_cpus())``.
+    """
+    cpus = usable_cpus()
+    if requested <= cpus:
+        return requested
+    if say is not None:
+        say(f"{what} workers: {requested} requested, {cpus} CPU(s) usable by this process; using {cpus}.")
+    return cpus

@@ -10,7 +10,7 @@ from PIL import Image
 
 from proca.data.classes import CITYSCAPES_19, SYNTHIA_16
 from proca.engine.evaluate import EvalResult
-from proca.engine.inference import Batch
+from proca.engine.loop import Batch
 from proca.engine.metrics import metrics_from_confusion
 from proca.engine.report import ExampleCollector, confusion_image, example_grid, iou_bar_chart, write_report
 

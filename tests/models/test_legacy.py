@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from proca.cli import app
+from proca.engine.commands.convert import run_convert
 from proca.errors import CheckpointError, ConfigError
 from proca.models import DeepLabV2, build_model, deeplabv2_resnet18, load_model
 from proca.models.legacy import (
@@ -21,7 +22,6 @@ from proca.models.legacy import (
     parse_release_checkpoint,
     proca_to_release_state_dict,
     release_to_proca_state_dict,
-    run_convert,
 )
 
 
