@@ -51,7 +51,7 @@ def print_table(result: EvalResult, class_set: ClassSet, *, title: str = "Citysc
 def run_eval(
     checkpoint: Path,
     *,
-    data_root: Path,
+    data_root: Path = Path("datasets"),
     split: str = "val",
     scales: Sequence[float] = (1.0,),
     flip: bool = False,

@@ -16,7 +16,7 @@ __all__ = ["run_pseudo_label"]
 def run_pseudo_label(
     checkpoint: Path,
     *,
-    data_root: Path,
+    data_root: Path = Path("datasets"),
     split: str = "train",
     out: Path,
     percent: float = 0.6,
