@@ -210,3 +210,15 @@ def test_truncated_release_file(tmp_path: Path, release_file: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(path)
+
+
+def test_legacy_does_not_import_checkpoint() -> None:
+    """checkpoint reads release files through legacy; legacy must not import checkpoint back (no circle)."""
+    import ast
+    import inspect
+
+    import proca.models.legacy as legacy
+
+    tree = ast.parse(inspect.getsource(legacy))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "proca.models.checkpoint" not in imported and not any(m and m.startswith("proca.engine") for m in imported)
