@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from proca.engine.inference import predict_probs
 from proca.engine.metrics import confusion_matrix
+from proca.engine.predict import predict_probs
 
 
 def histc_intersection_union(output: torch.Tensor, target: torch.Tensor, k: int, ignore_index: int = 255):

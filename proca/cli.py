@@ -143,6 +143,14 @@ SizeOpt = Annotated[
 ]
 ScalesOpt = Annotated[str, typer.Option("--scales", help="Comma-separated test scales, e.g. 0.5,0.75,1,1.25,1.5,1.75.")]
 FlipOpt = Annotated[bool, typer.Option("--flip", help="Also average horizontally flipped predictions.")]
+DataRootOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data-root",
+        help="Folder holding cityscapes/ (as for proca train); the Cityscapes folder itself (with leftImg8bit/) "
+        "works too.",
+    ),
+]
 CkptArg = Annotated[
     Path, typer.Argument(help="A proca .safetensors checkpoint or a released .pth file.", exists=True, dir_okay=False)
 ]
@@ -367,7 +375,7 @@ def train(
 def pseudo_label(
     checkpoint: CkptArg,
     out: Annotated[Path, typer.Option("--out", help="Folder for train-id PNGs and thresholds.json.")],
-    data_root: Annotated[Path, typer.Option("--data-root", help="Cityscapes root.")] = Path("datasets/cityscapes"),
+    data_root: DataRootOpt = Path("datasets"),
     split: Annotated[str, typer.Option("--split", help="Cityscapes split to label.")] = "train",
     percent: Annotated[
         float, typer.Option("--percent", min=0.0, max=1.0, help="Per-class confidence percentile.")
@@ -380,7 +388,7 @@ def pseudo_label(
 ) -> None:
     """Write pseudo labels for the target split with per-class percentile thresholds."""
     with _user_errors():
-        from proca.engine.pseudo_label import run_pseudo_label
+        from proca.engine.commands.pseudo_label import run_pseudo_label
 
         run_pseudo_label(
             checkpoint,
@@ -399,7 +407,7 @@ def pseudo_label(
 @app.command("eval")
 def eval_(
     checkpoint: CkptArg,
-    data_root: Annotated[Path, typer.Option("--data-root", help="Cityscapes root.")] = Path("datasets/cityscapes"),
+    data_root: DataRootOpt = Path("datasets"),
     split: Annotated[str, typer.Option("--split", help="Cityscapes split.")] = "val",
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
@@ -417,7 +425,7 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models)."""
     with _user_errors():
-        from proca.engine.evaluate import run_eval
+        from proca.engine.commands.eval import run_eval
 
         run_eval(
             checkpoint,
@@ -449,7 +457,7 @@ def infer(
 ) -> None:
     """Segment your own images: coloured masks, overlays, or raw ids."""
     with _user_errors():
-        from proca.engine.infer import run_infer
+        from proca.engine.commands.infer import run_infer
 
         run_infer(
             checkpoint,
@@ -476,7 +484,7 @@ def convert(
 ) -> None:
     """Convert a released .pth checkpoint into a proca .safetensors checkpoint."""
     with _user_errors():
-        from proca.models.legacy import run_convert
+        from proca.engine.commands.convert import run_convert
 
         run_convert(src, dst, class_set=class_set)
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         PseudoLabelDataset,
         SegmentationDataset,
         SynthiaDataset,
+        cityscapes_root,
         read_list_file,
     )
     from proca.data.label_info import LabelInfo, build_label_info, read_label_info, run_label_info
@@ -40,6 +41,7 @@ __all__ = [
     "SegmentationDataset",
     "SynthiaDataset",
     "build_label_info",
+    "cityscapes_root",
     "get_class_set",
     "read_label_info",
     "read_list_file",
@@ -54,6 +56,7 @@ _LAZY = {
     "PseudoLabelDataset": "proca.data.datasets",
     "SegmentationDataset": "proca.data.datasets",
     "SynthiaDataset": "proca.data.datasets",
+    "cityscapes_root": "proca.data.datasets",
     "read_list_file": "proca.data.datasets",
     "LabelInfo": "proca.data.label_info",
     "build_label_info": "proca.data.label_info",

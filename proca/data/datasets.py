@@ -38,6 +38,7 @@ __all__ = [
     "PseudoLabelDataset",
     "SegmentationDataset",
     "SynthiaDataset",
+    "cityscapes_root",
     "read_list_file",
 ]
 
@@ -255,6 +256,32 @@ def _select(files: Sequence[str] | None, list_file: str | os.PathLike[str] | Non
     if not names:
         raise DataError(f"image folder {image_dir} holds no .png/.jpg files")
     return names
+
+
+def cityscapes_root(data_root: str | os.PathLike[str], *, flag: str = "--data-root") -> Path:
+    """The Cityscapes folder of a ``--data-root``: ``DATA_ROOT/cityscapes``, or ``DATA_ROOT`` itself.
+
+    ``--data-root`` names the datasets folder holding ``gtav/``, ``synthia/`` and ``cityscapes/`` (as
+    ``proca train`` uses it); the Cityscapes folder itself (one with ``leftImg8bit/`` directly) is accepted
+    too, so commands written for that still work.
+
+    Raises:
+        DataError: neither ``DATA_ROOT/cityscapes/leftImg8bit/`` nor ``DATA_ROOT/leftImg8bit/`` exists; the
+            message names both accepted layouts.
+    """
+    root = Path(data_root)
+    nested = root / "cityscapes"
+    if (nested / "leftImg8bit").is_dir():
+        return nested
+    if (root / "leftImg8bit").is_dir():
+        return root
+    layouts = (
+        f"give the datasets folder holding cityscapes/ ({root}/cityscapes/leftImg8bit/, as proca train uses it) "
+        f"or the Cityscapes folder itself ({root}/leftImg8bit/ and gtFine/)"
+    )
+    if not root.is_dir():
+        raise DataError(f"{flag} {root}: no such folder; {layouts}.")
+    raise DataError(f"{flag} {root}: neither {nested / 'leftImg8bit'} nor {root / 'leftImg8bit'} exists; {layouts}.")
 
 
 def _cityscapes_names(root: Path, split: str, list_file: str | os.PathLike[str] | None) -> list[str]:

@@ -2,8 +2,9 @@
 
 Each preset takes and returns the sample dict of :mod:`proca.data.datasets`
 (``{"image": tv_tensors.Image uint8, "label": tv_tensors.Mask, "name", "path"}``); names and
-paths pass through untouched. Labels are ``tv_tensors.Mask`` and are therefore always resized
-with nearest neighbour, so no new label values appear; images are resized bicubic. The output
+paths pass through untouched. Labels are ``tv_tensors.Mask`` and are always resized with
+:func:`resize_mask`, nearest neighbour picking exactly the source pixels PIL's ``Image.NEAREST`` picks
+(the release resizes labels with PIL), so no new label values appear; images are resized bicubic. The output
 image is float32, scaled to [0, 1] and normalised with the ImageNet mean and std; the label stays
 int64. All randomness comes from torch's global RNG (the engine seeds it per DataLoader worker),
 so a seeded run repeats exactly.
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -37,6 +39,8 @@ __all__ = [
     "RandomScale",
     "denormalize",
     "normalize",
+    "pil_nearest_indices",
+    "resize_mask",
     "self_training_transform",
     "source_train_transform",
     "target_train_transform",
@@ -72,10 +76,47 @@ def denormalize(image: torch.Tensor) -> torch.Tensor:
     return (image * std + mean).mul(255.0).round().clamp(0, 255).to(torch.uint8)
 
 
+def pil_nearest_indices(size_in: int, size_out: int) -> torch.Tensor:
+    """Source index of each output pixel along one axis, as PIL's ``Image.NEAREST`` resize picks it.
+
+    PIL samples at pixel centres, ``floor((i + 0.5) * size_in / size_out)``, with the position summed up
+    step by step in float64 (``x0 = step / 2``, ``x[i + 1] = x[i] + step``); ``np.cumsum`` adds in the same
+    order, so the indices are bit-identical to PIL's, including where the sum lands next to an integer.
+    torch's ``nearest`` (floor of ``i * step``) and ``nearest-exact`` (a float32 product) differ from it.
+
+    Shape:
+        -> (size_out,) int64.
+    """
+    step = size_in / size_out
+    steps = np.full(size_out, step, dtype=np.float64)
+    steps[0] = step * 0.5
+    index = np.minimum(np.cumsum(steps).astype(np.int64), size_in - 1)
+    return torch.from_numpy(index)
+
+
+def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a label map with nearest neighbour exactly as PIL's ``Image.resize(..., Image.NEAREST)``.
+
+    Any dtype; a ``tv_tensors.Mask`` stays one.
+
+    Shape:
+        mask: (..., H, W) -> (..., h, w).
+    """
+    h, w = int(size[0]), int(size[1])
+    if tuple(mask.shape[-2:]) == (h, w):
+        return mask
+    plain = mask.as_subclass(torch.Tensor)
+    rows = pil_nearest_indices(plain.shape[-2], h).to(plain.device)
+    cols = pil_nearest_indices(plain.shape[-1], w).to(plain.device)
+    out = plain.index_select(-2, rows).index_select(-1, cols)
+    return tv_tensors.wrap(out, like=mask) if isinstance(mask, tv_tensors.Mask) else out
+
+
 class RandomScale(v2.Transform):
     """Resize by a random factor s ~ U(scale): to ``(int(s * H), int(s * W))`` of ``size`` or of the input.
 
-    Images are resized bicubic (antialiased), masks nearest; as the release's ``RandomScale``.
+    Images are resized bicubic (antialiased), masks nearest as PIL (:func:`resize_mask`); as the release's
+    ``RandomScale``.
 
     Args:
         scale: (min, max) factor.
@@ -96,15 +137,33 @@ class RandomScale(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
-            return F.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST)
+            return resize_mask(inpt, params["size"])
         if isinstance(inpt, tv_tensors.Image):
             return F.resize(inpt, params["size"], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
         return inpt
 
 
+class _Resize(v2.Transform):
+    """Resize to a fixed (H, W): images bicubic (the release resizes PIL images with BICUBIC), masks as PIL NEAREST.
+
+    ``v2.Resize`` would resize masks with torch's floor-nearest, which picks other source pixels than PIL
+    (for 1914x1052 -> 1280x720, 956 of the 1280 columns and 524 of the 720 rows).
+    """
+
+    def __init__(self, size: Size) -> None:
+        super().__init__()
+        self.size = list(size)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return resize_mask(inpt, self.size)
+        if isinstance(inpt, tv_tensors.Image):
+            return F.resize(inpt, self.size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        return inpt
+
+
 def _resize(size: Size) -> v2.Transform:
-    # Images bicubic (the release resizes PIL images with BICUBIC); Masks are always nearest in v2.
-    return v2.Resize(tuple(size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    return _Resize(size)
 
 
 def _colour() -> list[v2.Transform]:

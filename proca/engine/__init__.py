@@ -11,8 +11,10 @@ from typing import Any
 __all__ = [
     "ConfusionMatrix",
     "EvalResult",
+    "ProgressBar",
     "PseudoLabelStats",
     "SegMetrics",
+    "cap_workers",
     "evaluate",
     "generate_pseudo_labels",
     "predict_probs",
@@ -20,20 +22,24 @@ __all__ = [
     "run_eval",
     "run_infer",
     "run_pseudo_label",
+    "usable_cpus",
 ]
 
 _LAZY = {
     "resolve_device": "proca.engine.device",
+    "cap_workers": "proca.engine.device",
+    "usable_cpus": "proca.engine.device",
+    "ProgressBar": "proca.engine.progress",
     "ConfusionMatrix": "proca.engine.metrics",
     "SegMetrics": "proca.engine.metrics",
-    "predict_probs": "proca.engine.inference",
-    "EvalResult": "proca.engine.evaluate",
+    "predict_probs": "proca.engine.predict",
+    "EvalResult": "proca.engine.results",
     "evaluate": "proca.engine.evaluate",
-    "run_eval": "proca.engine.evaluate",
+    "run_eval": "proca.engine.commands.eval",
     "PseudoLabelStats": "proca.engine.pseudo_label",
     "generate_pseudo_labels": "proca.engine.pseudo_label",
-    "run_pseudo_label": "proca.engine.pseudo_label",
-    "run_infer": "proca.engine.infer",
+    "run_pseudo_label": "proca.engine.commands.pseudo_label",
+    "run_infer": "proca.engine.commands.infer",
 }
 
 

@@ -99,7 +99,7 @@ def _save_examples(run_dir: Path, data_root: Path, out_dir: Path, cfg: Any, coun
     from proca.data.classes import get_class_set
     from proca.data.datasets import CityscapesDataset
     from proca.data.transforms import denormalize, test_transform
-    from proca.engine.inference import predict_probs
+    from proca.engine.predict import predict_probs
     from proca.models import load_model
 
     class_set = get_class_set(cfg.class_set)

@@ -1,8 +1,10 @@
-"""Turn the ``--device`` option into a :class:`torch.device`."""
+"""Turn the ``--device`` option into a :class:`torch.device`; count the CPUs this process may use."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -56,24 +58,39 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
-    import os
+    """CPUs this process may run on: its affinity mask where the OS has one (Linux), else ``os.cpu_count()``.
 
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    Under ``taskset``, cgroup cpusets or a SLURM allocation the affinity is what counts, not the machine.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)
 
 
-def cap_workers(requested: int, *, say: bool = True) -> int:
-    """``requested`` DataLoader workers, at most :func:`usable_cpus`; says so in one line when lowered."""
+def _say_stderr(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(message, soft_wrap=True)
+
+
+def cap_workers(requested: int, *, say: Callable[[str], None] | None = _say_stderr, what: str = "DataLoader") -> int:
+    """Lower a worker-process count to the CPUs this process may use (see :func:`usable_cpus`).
+
+    Args:
+        requested: the count asked for (0: load in the main process; never raised).
+        say: called with one line when the count is lowered (default: printed to stderr); ``None`` is silent.
+        what: names the workers in that line.
+
+    Returns:
+        ``min(requested, usable_cpus())``.
+    """
     cpus = usable_cpus()
     if requested <= cpus:
         return requested
-    if say:
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False).print(
-            f"[dim]num_workers {requested} lowered to {cpus}: this process may use {cpus} CPU(s)[/]"
-        )
+    if say is not None:
+        say(f"{what} workers: {requested} requested, {cpus} CPU(s) usable by this process; using {cpus}.")
     return cpus

@@ -1,4 +1,4 @@
-"""Pseudo labels with per-class percentile thresholds, in bounded memory (``proca pseudo-label``).
+"""Pseudo labels with per-class percentile thresholds, in bounded memory (the library side of ``proca pseudo-label``).
 
 The release's rule: softmax over each target image, argmax class ``c`` and confidence ``p``; for each class
 sort the confidences of the pixels predicted ``c`` ascending and take the one at position
@@ -28,17 +28,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from proca.data.classes import IGNORE_INDEX, ClassSet
-from proca.engine.device import resolve_device
-from proca.engine.inference import (
-    AsyncWriter,
-    PreparedDataset,
-    ProgressBar,
-    default_num_workers,
-    iterate_batches,
-    load_for_inference,
-    predict_probs,
-)
+from proca.engine.device import cap_workers, resolve_device
+from proca.engine.loop import AsyncWriter, PreparedDataset, default_num_workers, iterate_batches
 from proca.engine.metrics import ConfusionMatrix, all_reduce_sum
+from proca.engine.predict import predict_probs
+from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
 
 __all__ = [
@@ -48,7 +42,6 @@ __all__ = [
     "exact_thresholds",
     "generate_pseudo_labels",
     "pseudo_label_path",
-    "run_pseudo_label",
 ]
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -260,7 +253,8 @@ def generate_pseudo_labels(
         device: where the model runs. batch_size: images per forward pass. progress: show progress bars.
         bins: histogram bins over [0, 1]; thresholds are within ``1 / bins`` of the exact sort.
         cache_bytes: memory for pass-1 results reused in pass 2.
-        num_workers: loader processes (default: a few on CUDA, none on CPU).
+        num_workers: loader processes (default: a few on CUDA, none on CPU; never more than the CPUs this
+            process may use).
         distributed: under an initialised process group, label this rank's share and all-reduce histograms.
 
     Returns:
@@ -281,7 +275,7 @@ def generate_pseudo_labels(
         if dist.is_available() and dist.is_initialized():
             rank, world = dist.get_rank(), dist.get_world_size()
             indices = indices[rank::world]
-    workers = default_num_workers(dev) if num_workers is None else num_workers
+    workers = default_num_workers(dev) if num_workers is None else cap_workers(num_workers)
     loader_kw = {"batch_size": batch_size, "indices": indices, "num_workers": workers, "pin_memory": dev.type == "cuda"}
     was_training = model.training
     model.eval()
@@ -364,85 +358,3 @@ def generate_pseudo_labels(
 
         atomic_write_json(out / THRESHOLDS_FILE, stats.to_json(class_set))
     return stats
-
-
-def run_pseudo_label(
-    checkpoint: Path,
-    *,
-    data_root: Path,
-    split: str = "train",
-    out: Path,
-    percent: float = 0.6,
-    cap: float = 0.9,
-    input_size: tuple[int, int] | None = None,
-    device: str = "auto",
-    batch_size: int = 1,
-    force: bool = False,
-    progress: bool = True,
-) -> PseudoLabelStats:
-    """``proca pseudo-label``: label a Cityscapes split with a checkpoint; print the per-class thresholds."""
-    from proca.data.datasets import CityscapesDataset
-    from proca.data.transforms import test_transform
-
-    data_root = Path(data_root)
-    if not data_root.is_dir():
-        raise DataError(f"--data-root {data_root}: no such folder; give the Cityscapes root holding leftImg8bit/.")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out} exists and is not empty; pass --force to overwrite its pseudo labels.")
-    dev = resolve_device(device)
-    model, class_set, meta = load_for_inference(checkpoint, dev)
-    size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
-    size = (int(size[0]), int(size[1]))
-    dataset = CityscapesDataset(
-        data_root,
-        split=split,
-        class_set=class_set,
-        transform=test_transform(size),
-        labels=_has_labels(data_root, split),
-    )
-    stats = generate_pseudo_labels(
-        model,
-        dataset,
-        out,
-        class_set=class_set,
-        percent=percent,
-        cap=cap,
-        input_size=size,
-        device=dev,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    _print_stats(stats, class_set)
-    return stats
-
-
-def _has_labels(root: Path, split: str) -> bool:
-    folder = root / "gtFine" / split
-    return folder.is_dir() and any(folder.rglob("*_gtFine_labelIds.png"))
-
-
-def _print_stats(stats: PseudoLabelStats, class_set: ClassSet) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Pseudo labels: {stats.num_images} images -> {stats.out_dir}")
-    table.add_column("class")
-    table.add_column("threshold", justify="right")
-    table.add_column("pixels", justify="right")
-    table.add_column("kept %", justify="right")
-    quality = (stats.quality or {}).get("per_class", {})
-    if quality:
-        table.add_column("IoU vs GT %", justify="right")
-    for i, name in enumerate(class_set.classes):
-        frac = stats.kept_fraction[i]
-        row = [name, f"{stats.thresholds[i]:.4f}", f"{stats.pixels[i]:,}", "-" if frac is None else f"{100 * frac:.1f}"]
-        if quality:
-            q = quality.get(name)
-            row.append("n/a" if q is None else f"{q:.2f}")
-        table.add_row(*row)
-    Console().print(table)
-    if stats.quality:
-        Console().print(f"pseudo-label mIoU on kept pixels: {stats.quality['miou']:.2f}")

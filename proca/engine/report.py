@@ -23,8 +23,8 @@ from proca.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from proca.io import save_image_atomic
 
 if TYPE_CHECKING:
-    from proca.engine.evaluate import EvalResult
-    from proca.engine.inference import Batch
+    from proca.engine.loop import Batch
+    from proca.engine.results import EvalResult
 
 __all__ = [
     "Example",

@@ -71,7 +71,6 @@ class RunLogger:
         self._file: IO[str] | None = None
         self._tb: Any = None
         self._progress: Any = None
-        self._task: Any = None
         self._last_time = time.perf_counter()
         self._last_iter = start
         if not enabled:
@@ -85,17 +84,9 @@ class RunLogger:
         except Exception:  # tensorboard is an optional extra; without it there are no event files
             self._tb = None
         if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from proca.engine.progress import ProgressBar
 
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(stage, total=total, completed=start, info="")
+            self._progress = ProgressBar(total, stage, completed=start, elapsed=False).start()
 
     def __enter__(self) -> RunLogger:
         return self
@@ -113,15 +104,10 @@ class RunLogger:
     def advance(self, iteration: int, losses: dict[str, float] | None = None, lr: float | None = None) -> None:
         """Move the progress bar to ``iteration`` and show ``losses``/``lr``."""
         if self._progress is not None:
-            info = ""
-            if losses is not None:
-                info = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            info = "" if losses is None else " ".join(f"{k}={v:.4g}" for k, v in losses.items())
             if lr is not None:
                 info += f" lr={lr:.3g}"
-            if info:
-                self._progress.update(self._task, completed=iteration, info=info)
-            else:
-                self._progress.update(self._task, completed=iteration)
+            self._progress.update(completed=iteration, info=info or None)
 
     def log_step(self, iteration: int, losses: dict[str, float], lr: float, **extra: Any) -> None:
         """Record one training step (``iteration`` counts completed steps)."""
@@ -160,7 +146,7 @@ class RunLogger:
     def close(self) -> None:
         """Stop the bar, close the files."""
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.close()
             self._progress = None
         if self._file is not None:
             self._file.close()

@@ -41,6 +41,7 @@ __all__ = [
     "source_stream",
     "step_batches",
     "target_dataset",
+    "training_workers",
     "uniform_stream",
 ]
 
@@ -299,3 +300,12 @@ def adaptation_plan(ctx: RunContext) -> BatchPlan:
     section = ctx.cfg.proca
     per_device = None if section.per_device_batch is None else max(1, section.per_device_batch // 2)
     return plan_batch(section.batch_size // 2, ctx.dist.world_size, ctx.dist.rank, per_device)
+
+
+def training_workers(ctx: RunContext, *, announce: bool = True) -> int:
+    """The run's ``num_workers``, capped at the CPUs this process may use (said once, on rank 0)."""
+    from proca.engine.device import cap_workers
+
+    if announce and ctx.is_main:
+        return cap_workers(ctx.cfg.num_workers, what="training DataLoader")
+    return cap_workers(ctx.cfg.num_workers, say=None)

@@ -142,7 +142,6 @@ def seeded_run(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 
 
 def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
-    from proca.engine.device import cap_workers
     from proca.engine.stages import (
         ADAPTATION_METHODS,
         SelfTrainingStage,
@@ -151,11 +150,11 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
         run_pseudo_label_stage,
         train_stage,
     )
-    from proca.engine.streams import ensure_label_info
+    from proca.engine.streams import ensure_label_info, training_workers
 
     cfg = ctx.cfg
     if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
-        ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=cap_workers(cfg.num_workers, say=False))
+        ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
     if stage == "pseudo-label":

@@ -6,7 +6,7 @@
 - :func:`save_model` / :func:`load_model`: one ``.safetensors`` file with JSON metadata;
   :func:`load_model` also reads the release's ``.pth`` files (safely, ``weights_only=True``).
 - :func:`save_state` / :func:`load_state`: resumable training state, safetensors + JSON.
-- :mod:`proca.models.legacy`: the release's key layout and ``run_convert`` (``proca convert``).
+- :mod:`proca.models.legacy`: the release's key layout (``proca convert`` is :mod:`proca.engine.commands.convert`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from proca.errors import CheckpointError
 from proca.io import atomic_write_bytes
-from proca.models._keys import mismatch_summary
+from proca.models._state import load_state_dict_into
 from proca.models.builders import MODEL_BUILDERS, build_model
 from proca.models.deeplabv2 import DeepLabV2
 from proca.models.metadata import complete_metadata
@@ -174,24 +174,6 @@ def _read_safetensors(path: Path, header_key: str, device: str) -> tuple[dict[st
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: the {header_key!r} metadata is not a JSON object")
     return tensors, meta
-
-
-def load_state_dict_into(model: torch.nn.Module, state: dict[str, Tensor], source: str, *, assign: bool) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a :class:`CheckpointError` listing what does not fit."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in state if k not in own)
-    wrong = sorted(
-        f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
-        for k in state
-        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{source}: the weights do not fit {getattr(model, 'arch', 'the model')} "
-            f"({mismatch_summary(missing, unexpected, wrong)})"
-        )
-    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def _build_on_meta(arch: Any, num_classes: Any, norm: Any, source: str) -> DeepLabV2:

@@ -1,4 +1,6 @@
-"""The release's checkpoints (ProCA, FADA, SDCA): read them safely, map their keys, convert them.
+"""The release's checkpoints (ProCA, FADA, SDCA): read them safely and map their keys.
+
+``proca convert`` (:func:`proca.engine.commands.convert.run_convert`) writes them as proca checkpoints.
 
 Their ``.pth`` files are ``torch.save`` pickles of a dict::
 
@@ -25,13 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from proca.errors import CheckpointError, ConfigError
+from proca.errors import CheckpointError
 from proca.models._keys import few as _few
 from proca.models._keys import mismatch_summary
+from proca.models._state import load_state_dict_into
 from proca.models.backbones import BACKBONE_FEATURE_DIMS
 from proca.models.builders import build_model
-from proca.models.deeplabv2 import DeepLabV2, count_parameters
-from proca.models.metadata import CHECKPOINT_CLASS_NAMES, complete_metadata
+from proca.models.deeplabv2 import DeepLabV2
+from proca.models.metadata import complete_metadata
 from proca.safeload import read_torch_file as _read_torch_file
 
 __all__ = [
@@ -42,7 +45,6 @@ __all__ = [
     "proca_to_release_state_dict",
     "read_torch_file",
     "release_to_proca_state_dict",
-    "run_convert",
 ]
 
 REQUIRED_ENTRIES = ("feature_extractor", "classifier")
@@ -257,8 +259,6 @@ def load_release_model(
     Raises:
         CheckpointError: unsafe, corrupt or unrecognised file, or weights that do not fit.
     """
-    from proca.models.checkpoint import load_state_dict_into
-
     path = Path(path)
     release = parse_release_checkpoint(read_torch_file(path, map_location=map_location), str(path))
     with torch.device("meta"):
@@ -278,57 +278,3 @@ def load_release_model(
         source=str(path),
     )
     return model, meta
-
-
-def run_convert(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, class_set: str | None = None
-) -> dict[str, Any]:
-    """Convert a released ProCA/FADA/SDCA ``.pth`` checkpoint into a proca ``.safetensors`` checkpoint.
-
-    The entry point of ``proca convert``; prints one summary line.
-
-    Args:
-        src: the release's checkpoint.
-        dst: output file (written atomically).
-        class_set: ``"cityscapes19"`` or ``"synthia16"``; default: from the class count.
-
-    Returns:
-        A summary: ``src``, ``dst``, ``arch``, ``num_classes``, ``class_set``, ``norm``, ``iteration``,
-        ``ignored_entries``, ``parameters``.
-
-    Raises:
-        ConfigError: unknown ``class_set``.
-        CheckpointError: unsafe, corrupt or unrecognised ``src``, or ``dst`` equal to ``src``.
-    """
-    from proca.models.checkpoint import save_model
-
-    src, dst = Path(src), Path(dst)
-    if class_set is not None and class_set not in CHECKPOINT_CLASS_NAMES:
-        raise ConfigError(
-            f"unknown class set {class_set!r} for --class-set; valid: {', '.join(CHECKPOINT_CLASS_NAMES)}"
-        )
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise CheckpointError(f"output {dst} is the input file; choose another output path (e.g. model.safetensors)")
-    model, meta = load_release_model(src, class_set=class_set)
-    save_model(model, dst, metadata=meta)
-    summary = {
-        "src": str(src),
-        "dst": str(dst),
-        "arch": meta["arch"],
-        "num_classes": meta["num_classes"],
-        "class_set": meta["class_set"],
-        "norm": meta["norm"],
-        "iteration": meta["iteration"],
-        "ignored_entries": meta["ignored_entries"],
-        "parameters": count_parameters(model),
-    }
-    from rich.console import Console
-
-    ignored = ", ".join(summary["ignored_entries"]) or "nothing"
-    Console(highlight=False).print(
-        f"[green]converted[/] {src} -> {dst}: {summary['arch']}, {summary['num_classes']} classes "
-        f"({summary['class_set'] or 'no known class set'}), norm={summary['norm']}, "
-        f"{summary['parameters']:,} parameters; ignored: {ignored}",
-        soft_wrap=True,
-    )
-    return summary

@@ -18,6 +18,7 @@ from proca.data import (
     ImageFolderDataset,
     PseudoLabelDataset,
     SynthiaDataset,
+    cityscapes_root,
 )
 from proca.data._decode import read_label_ids
 from proca.errors import DataError
@@ -134,6 +135,20 @@ def test_cityscapes_labels_19_and_16(tmp_path: Path) -> None:
     lst = tmp_path / "val_list.txt"
     lst.write_text("bremen/bremen_000001_000019_leftImg8bit.png\n")
     assert len(CityscapesDataset(root, split="val", list_file=lst)) == 1
+
+
+def test_cityscapes_root_accepts_datasets_folder_and_cityscapes_folder(tmp_path: Path) -> None:
+    (tmp_path / "datasets" / "cityscapes" / "leftImg8bit").mkdir(parents=True)
+    (tmp_path / "cs" / "leftImg8bit").mkdir(parents=True)
+    assert cityscapes_root(tmp_path / "datasets") == tmp_path / "datasets" / "cityscapes"
+    assert cityscapes_root(str(tmp_path / "cs")) == tmp_path / "cs"
+    assert cityscapes_root(tmp_path / "datasets" / "cityscapes") == tmp_path / "datasets" / "cityscapes"
+    for bad, words in ((tmp_path / "nowhere", "no such folder"), (tmp_path, "neither")):
+        with pytest.raises(DataError) as err:
+            cityscapes_root(bad)
+        text = str(err.value)
+        assert words in text and "--data-root" in text
+        assert f"{bad}/cityscapes/leftImg8bit/" in text and f"{bad}/leftImg8bit/" in text
 
 
 def test_pseudo_label_dataset_both_namings(tmp_path: Path) -> None:

@@ -80,3 +80,52 @@ def test_normalize_roundtrip_and_errors() -> None:
         T.source_train_transform((0, 10))
     with pytest.raises(ValueError, match="crop"):
         T.self_training_transform(None)
+
+
+# (H, W) -> (h, w): the GTA5 resize of the release (1914x1052 -> 1280x720), down and up, odd and prime sizes.
+PIL_SIZES = [
+    ((1052, 1914), (720, 1280)),
+    ((1024, 2048), (512, 1024)),
+    ((37, 53), (24, 40)),
+    ((24, 40), (37, 53)),
+    ((7, 13), (61, 97)),
+    ((101, 67), (33, 89)),
+    ((1, 5), (3, 2)),
+    ((253, 158), (113, 93)),
+]
+
+
+@pytest.mark.parametrize(("src", "dst"), PIL_SIZES)
+def test_resize_mask_matches_pil_nearest_bit_exact(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    h, w = src
+    ramp = (np.arange(h, dtype=np.int32)[:, None] * 4096 + np.arange(w, dtype=np.int32)[None]).astype(np.int32)
+    pil = np.asarray(Image.fromarray(ramp, mode="I").resize((dst[1], dst[0]), Image.Resampling.NEAREST))
+    ours = T.resize_mask(tv_tensors.Mask(torch.from_numpy(ramp)), dst)
+    assert isinstance(ours, tv_tensors.Mask)
+    assert np.array_equal(ours.numpy(), pil)
+
+
+def test_presets_resize_labels_as_pil() -> None:
+    import numpy as np
+    from PIL import Image
+
+    sample = _sample(1052, 1914)
+    label = sample["label"].numpy().astype(np.uint8)
+    pil = np.asarray(Image.fromarray(label).resize((1280, 720), Image.Resampling.NEAREST))
+    for tf in (T.source_train_transform((720, 1280), jitter=False), T.target_train_transform((720, 1280))):
+        assert np.array_equal(tf(dict(sample))["label"].numpy(), pil)
+
+
+def test_random_scale_resizes_labels_as_pil() -> None:
+    import numpy as np
+    from PIL import Image
+
+    sample = _sample(37, 53)
+    torch.manual_seed(3)
+    out = T.RandomScale((0.6, 1.7))(dict(sample))
+    h, w = out["label"].shape[-2:]
+    label = sample["label"].numpy().astype(np.uint8)
+    assert np.array_equal(out["label"].numpy(), np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST)))

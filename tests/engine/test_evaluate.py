@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from proca.cli import app
 from proca.data.classes import CITYSCAPES_19, CITYSCAPES_LABELS, SYNTHIA_16
-from proca.engine.evaluate import EvalResult, evaluate, prediction_path, save_prediction
+from proca.engine.encode import prediction_path, save_prediction
+from proca.engine.evaluate import EvalResult, evaluate
 from proca.errors import ConfigError, DataError
 
 runner = CliRunner()
@@ -225,6 +226,22 @@ def test_cli_eval_multiscale_flip_and_synthia16(tmp_path: Path, data: Path) -> N
     assert metrics["miou13"] == pytest.approx(sum(present) / len(present))
     assert len(list((tmp_path / "p").rglob("*_color.png"))) == 3
     assert "mIoU (13)" in result.output
+
+
+def test_cli_eval_data_root_both_layouts(tmp_path: Path, data: Path, ckpt19: Path) -> None:
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "cityscapes").symlink_to(data, target_is_directory=True)
+    scores = []
+    for root in (datasets, data):  # the datasets folder (as proca train takes it), the Cityscapes folder itself
+        out_json = tmp_path / f"{root.name}.json"
+        result = runner.invoke(app, ["eval", str(ckpt19), "--data-root", str(root), "--json", str(out_json)])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(out_json.read_text())
+        expected = datasets / "cityscapes" if root == datasets else data
+        assert metrics["data_root"] == str(root) and metrics["cityscapes_root"] == str(expected)
+        scores.append((metrics["miou"], metrics["num_images"]))
+    assert scores[0] == scores[1]
 
 
 def test_cli_eval_errors(tmp_path: Path, data: Path) -> None:

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from proca.cli import app
 from proca.data.classes import CITYSCAPES_19
-from proca.engine.infer import output_name, overlay, run_infer
+from proca.engine.commands.infer import output_name, run_infer
+from proca.engine.encode import overlay
 
 runner = CliRunner()
 

@@ -144,7 +144,7 @@ def test_generate_pseudo_labels_in_memory(tmp_path: Path, cache_bytes: int) -> N
         Bias(), ListDataset(samples), tmp_path, class_set=cs, input_size=None, progress=False, cache_bytes=cache_bytes
     )
     # Reference: the exact rule on the same probabilities at the label resolution.
-    from proca.engine.inference import predict_probs
+    from proca.engine.predict import predict_probs
 
     probs = torch.cat([predict_probs(Bias(), s["image"][None], out_size=(32, 64)) for s in samples])
     conf, labels = probs.max(1)
@@ -193,8 +193,11 @@ def test_cli_pseudo_label_round_trip(tmp_path: Path) -> None:
     assert ds[0]["label"].shape == (32, 64)
     again = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
-    forced = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out), "--force"])
+    first = {p.name: p.read_bytes() for p in out.rglob("*.png")}
+    # --data-root may also name the datasets folder holding cityscapes/ (as proca train does): same labels.
+    forced = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(tmp_path), "--out", str(out), "--force"])
     assert forced.exit_code == 0, forced.output
+    assert {p.name: p.read_bytes() for p in out.rglob("*.png")} == first
 
 
 def _samples() -> list[dict]:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from proca.data.classes import CITYSCAPES_19, SYNTHIA_16
 from proca.engine.evaluate import EvalResult
-from proca.engine.inference import Batch
+from proca.engine.loop import Batch
 from proca.engine.metrics import metrics_from_confusion
 from proca.engine.report import ExampleCollector, confusion_image, example_grid, iou_bar_chart, write_report
 
@@ -56,3 +56,15 @@ def test_example_grid_and_write_report(tmp_path: Path) -> None:
     assert sorted(p.name for p in files.values()) == ["confusion.png", "examples.png", "iou.png"]
     for path in files.values():
         assert Image.open(path).format == "PNG"
+
+
+def test_report_does_not_import_evaluate() -> None:
+    """report needs only EvalResult's type (proca.engine.results); evaluate must not be imported by it."""
+    import ast
+    import inspect
+
+    import proca.engine.report as report
+
+    tree = ast.parse(inspect.getsource(report))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "proca.engine.evaluate" not in imported and "proca.engine.results" in imported

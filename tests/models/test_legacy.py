@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from proca.cli import app
+from proca.engine.commands.convert import run_convert
 from proca.errors import CheckpointError, ConfigError
 from proca.models import DeepLabV2, build_model, deeplabv2_resnet18, load_model
 from proca.models.legacy import (
@@ -21,7 +22,6 @@ from proca.models.legacy import (
     parse_release_checkpoint,
     proca_to_release_state_dict,
     release_to_proca_state_dict,
-    run_convert,
 )
 
 
@@ -210,3 +210,15 @@ def test_truncated_release_file(tmp_path: Path, release_file: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(path)
+
+
+def test_legacy_does_not_import_checkpoint() -> None:
+    """checkpoint reads release files through legacy; legacy must not import checkpoint back (no circle)."""
+    import ast
+    import inspect
+
+    import proca.models.legacy as legacy
+
+    tree = ast.parse(inspect.getsource(legacy))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "proca.models.checkpoint" not in imported and not any(m and m.startswith("proca.engine") for m in imported)

@@ -32,8 +32,7 @@ def _model(checkpoints: dict[str, Path]) -> torch.nn.Module:
 def _writers(checkpoints: dict[str, Path]) -> dict[str, Callable[[Path], None]]:
     from proca.data.classes import CITYSCAPES_19
     from proca.data.label_info import LabelInfo
-    from proca.engine.evaluate import save_prediction
-    from proca.engine.infer import write_output
+    from proca.engine.encode import save_prediction
     from proca.engine.pseudo_label import _save_label
     from proca.engine.state import save_training_state
     from proca.models import save_model
@@ -58,7 +57,7 @@ def _writers(checkpoints: dict[str, Path]) -> dict[str, Callable[[Path], None]]:
         "json-report": lambda p: proca.io.atomic_write_json(p, {"miou": 50.0}),
         "prototypes": lambda p: PrototypeEstimator(19, 8).save(p),
         "eval-prediction-png": lambda p: save_prediction(ids, p, CITYSCAPES_19, "labelid"),
-        "infer-prediction-png": lambda p: write_output(p, ids, CITYSCAPES_19, "color"),
+        "infer-prediction-png": lambda p: save_prediction(ids, p, CITYSCAPES_19, "color"),
         "pseudo-label-png": lambda p: _save_label(ids, p, CITYSCAPES_19.palette()),
     }
 

@@ -87,15 +87,23 @@ def test_eval_truncated_image(data_copy: Path, checkpoints: dict[str, Path]) -> 
     assert ".cpp" not in text  # torchvision's C++ location is not the user's concern
 
 
+BOTH_LAYOUTS = ["holding cityscapes/", "cityscapes/leftImg8bit/", "the Cityscapes folder itself", "leftImg8bit/"]
+
+
+@pytest.mark.parametrize("command", ["eval", "pseudo-label"])
 @pytest.mark.parametrize(
     ("sub", "words"),
-    [("nowhere", ["nowhere", "no such folder"]), ("", ["does not exist", "expected layout", "leftImg8bit"])],
+    [("nowhere", ["nowhere", "no such folder"]), ("gtav", ["gtav", "neither"])],
     ids=["missing", "misnamed"],
 )
-def test_eval_data_root(data_root: Path, checkpoints: dict[str, Path], sub: str, words: list[str]) -> None:
-    root = data_root / sub if sub else data_root  # data/ instead of data/cityscapes
-    result = invoke(["eval", checkpoints["c19"], "--data-root", root, "--device", "cpu"])
-    assert_user_error(result, *words)
+def test_data_root_names_both_layouts(
+    data_root: Path, checkpoints: dict[str, Path], tmp_path: Path, command: str, sub: str, words: list[str]
+) -> None:
+    args = [command, checkpoints["c19"], "--data-root", data_root / sub, "--device", "cpu"]
+    if command == "pseudo-label":
+        args += ["--out", tmp_path / "pl"]
+    assert_user_error(invoke(args), "--data-root", *words, *BOTH_LAYOUTS)
+    assert not (tmp_path / "pl").exists()
 
 
 def test_pseudo_label_unknown_split(data_root: Path, checkpoints: dict[str, Path], tmp_path: Path) -> None:

@@ -16,10 +16,16 @@ from torch import Tensor, nn
 
 from proca.config import ProcaStageConfig
 from proca.engine.context import RunContext
-from proca.engine.device import cap_workers
 from proca.engine.setup import build_optimizer, build_stage_model, prepare_for_training, stage_checkpoint
 from proca.engine.stages.base import step_context, supervised_loss
-from proca.engine.streams import STREAM_IDS, adaptation_plan, adaptation_streams, sample_seed, step_batches
+from proca.engine.streams import (
+    STREAM_IDS,
+    adaptation_plan,
+    adaptation_streams,
+    sample_seed,
+    step_batches,
+    training_workers,
+)
 from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 from proca.errors import CheckpointError
 
@@ -159,7 +165,7 @@ class MemoryBankStage(TrainingStage):
         self.step = torch.zeros(1, dtype=torch.long)
 
     def batches(self, start: int) -> Iterator[Any]:
-        workers = cap_workers(self.ctx.cfg.num_workers, say=self.ctx.is_main and start == 0)
+        workers = training_workers(self.ctx, announce=start == 0)
         return step_batches(
             self.ctx, self.sc.plan, self.streams, start=start, end=self.section.iters, num_workers=workers
         )

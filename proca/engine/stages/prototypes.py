@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from proca.engine.context import RunContext
-from proca.engine.inference import ProgressBar
+from proca.engine.progress import ProgressBar
 from proca.engine.prototype_io import PROTOTYPE_LEVELS, load_prototypes, save_prototypes
 from proca.engine.setup import build_stage_model, stage_checkpoint
 from proca.engine.streams import source_dataset

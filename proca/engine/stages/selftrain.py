@@ -7,10 +7,9 @@ from typing import Any
 
 from proca.config import SelfTrainingStageConfig
 from proca.engine.context import RunContext
-from proca.engine.device import cap_workers
 from proca.engine.setup import build_optimizer, build_stage_model, make_plan, prepare_for_training
 from proca.engine.stages.base import step_context, supervised_loss
-from proca.engine.streams import STREAM_IDS, Stream, step_batches, uniform_stream
+from proca.engine.streams import STREAM_IDS, Stream, step_batches, training_workers, uniform_stream
 from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 from proca.errors import CheckpointError
 
@@ -65,7 +64,7 @@ class SelfTrainingStage(TrainingStage):
         self.stream = Stream(dataset, fetch, STREAM_IDS["ssl"])
 
     def batches(self, start: int) -> Iterator[Any]:
-        workers = cap_workers(self.ctx.cfg.num_workers, say=self.ctx.is_main and start == 0)
+        workers = training_workers(self.ctx, announce=start == 0)
         return step_batches(
             self.ctx, self.sc.plan, [self.stream], start=start, end=self.section.iters, num_workers=workers
         )

@@ -16,55 +16,13 @@ from PIL import Image
 
 from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
-from proca.engine.inference import (
-    AsyncWriter,
-    PreparedDataset,
-    ProgressBar,
-    aspect_input_size,
-    default_num_workers,
-    iterate_batches,
-    load_for_inference,
-    predict_probs,
-)
+from proca.engine.encode import INFER_FORMATS, check_format, save_prediction
+from proca.engine.loop import AsyncWriter, PreparedDataset, default_num_workers, iterate_batches
+from proca.engine.predict import aspect_input_size, load_for_inference, predict_probs
+from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
 
-__all__ = ["INFER_FORMATS", "output_name", "overlay", "run_infer", "write_output"]
-
-INFER_FORMATS = ("color", "overlay", "labelid", "trainid")
-
-
-def overlay(photo: np.ndarray, train_ids: np.ndarray, class_set: ClassSet, *, alpha: float = 0.5) -> np.ndarray:
-    """Blend the class colours over the photo: ``(1 - alpha) * photo + alpha * colour`` (ignore: photo only).
-
-    Shape:
-        photo: (H, W, 3) uint8; train_ids: (H, W) -> (H, W, 3) uint8.
-    """
-    colors = class_set.colorize(train_ids).astype(np.float32)
-    base = photo.astype(np.float32)
-    a = np.where((np.asarray(train_ids) < class_set.num_classes)[..., None], alpha, 0.0).astype(np.float32)
-    return np.clip(base * (1 - a) + colors * a + 0.5, 0, 255).astype(np.uint8)
-
-
-def write_output(
-    path: Path, train_ids: np.ndarray, class_set: ClassSet, fmt: str, photo: np.ndarray | None = None
-) -> None:
-    """Write one prediction atomically in ``fmt`` (color, overlay, labelid, trainid)."""
-    from proca.io import save_image_atomic
-
-    ids = np.asarray(train_ids, dtype=np.uint8)
-    if fmt == "color":
-        image = Image.fromarray(class_set.colorize(ids), mode="RGB")
-    elif fmt == "overlay":
-        assert photo is not None
-        image = Image.fromarray(overlay(photo, ids, class_set), mode="RGB")
-    elif fmt == "labelid":
-        image = Image.fromarray(class_set.train_to_label_ids(ids), mode="L")
-    elif fmt == "trainid":
-        image = Image.fromarray(ids, mode="P")
-        image.putpalette(class_set.palette())
-    else:
-        raise ConfigError(f"--format {fmt!r} is not an output format; valid: {', '.join(INFER_FORMATS)}.")
-    save_image_atomic(image, path)
+__all__ = ["INFER_FORMATS", "output_name", "run_infer"]
 
 
 def output_name(name: str, path: str) -> str:
@@ -83,6 +41,10 @@ def _size_key(path: str) -> tuple[int, int]:
             return im.height, im.width
     except (OSError, ValueError):
         return (0, 0)
+
+
+def _save(train_ids: np.ndarray, path: Path, class_set: ClassSet, fmt: str, photo: np.ndarray | None) -> None:
+    save_prediction(train_ids, path, class_set, fmt, photo=photo)
 
 
 def run_infer(
@@ -109,8 +71,7 @@ def run_infer(
     """
     from proca.data.datasets import ImageFolderDataset
 
-    if fmt not in INFER_FORMATS:
-        raise ConfigError(f"--format {fmt!r} is not an output format; valid: {', '.join(INFER_FORMATS)}.")
+    check_format(fmt, INFER_FORMATS)
     if not inputs:
         raise DataError("no inputs given; name image files, folders or glob patterns.")
     if Path(out).exists() and not Path(out).is_dir():
@@ -151,7 +112,7 @@ def run_infer(
                 photo = None
                 if batch.photos is not None:
                     photo = batch.photos[k].permute(1, 2, 0).contiguous().numpy()
-                writer.submit(write_output, path, pred[k], class_set, fmt, photo)
+                writer.submit(_save, pred[k], path, class_set, fmt, photo)
             bar.advance(len(batch.names))
     if progress:
         from rich.console import Console

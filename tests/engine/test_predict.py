@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from proca.engine.device import resolve_device
-from proca.engine.inference import aspect_input_size, predict_probs, resize_images
+from proca.engine.predict import aspect_input_size, predict_probs, resize_images
 from proca.errors import ProcaError
 
 

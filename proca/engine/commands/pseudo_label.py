@@ -1,0 +1,98 @@
+"""``proca pseudo-label``: label a Cityscapes split with a checkpoint and print the per-class thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from proca.data.classes import ClassSet
+from proca.engine.device import resolve_device
+from proca.engine.predict import load_for_inference
+from proca.engine.pseudo_label import PseudoLabelStats, generate_pseudo_labels
+from proca.errors import ConfigError
+
+__all__ = ["run_pseudo_label"]
+
+
+def run_pseudo_label(
+    checkpoint: Path,
+    *,
+    data_root: Path = Path("datasets"),
+    split: str = "train",
+    out: Path,
+    percent: float = 0.6,
+    cap: float = 0.9,
+    input_size: tuple[int, int] | None = None,
+    device: str = "auto",
+    batch_size: int = 1,
+    force: bool = False,
+    progress: bool = True,
+) -> PseudoLabelStats:
+    """``proca pseudo-label``: label a Cityscapes split with a checkpoint; print the per-class thresholds.
+
+    Args:
+        data_root: the datasets folder holding ``cityscapes/``, or the Cityscapes folder itself (see
+            :func:`proca.data.cityscapes_root`).
+    """
+    from proca.data.datasets import CityscapesDataset, cityscapes_root
+    from proca.data.transforms import test_transform
+
+    city_root = cityscapes_root(data_root)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} exists and is not empty; pass --force to overwrite its pseudo labels.")
+    dev = resolve_device(device)
+    model, class_set, meta = load_for_inference(checkpoint, dev)
+    size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
+    size = (int(size[0]), int(size[1]))
+    dataset = CityscapesDataset(
+        city_root,
+        split=split,
+        class_set=class_set,
+        transform=test_transform(size),
+        labels=_has_labels(city_root, split),
+    )
+    stats = generate_pseudo_labels(
+        model,
+        dataset,
+        out,
+        class_set=class_set,
+        percent=percent,
+        cap=cap,
+        input_size=size,
+        device=dev,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    _print_stats(stats, class_set)
+    return stats
+
+
+def _has_labels(root: Path, split: str) -> bool:
+    folder = root / "gtFine" / split
+    return folder.is_dir() and any(folder.rglob("*_gtFine_labelIds.png"))
+
+
+def _print_stats(stats: PseudoLabelStats, class_set: ClassSet) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pseudo labels: {stats.num_images} images -> {stats.out_dir}")
+    table.add_column("class")
+    table.add_column("threshold", justify="right")
+    table.add_column("pixels", justify="right")
+    table.add_column("kept %", justify="right")
+    quality = (stats.quality or {}).get("per_class", {})
+    if quality:
+        table.add_column("IoU vs GT %", justify="right")
+    for i, name in enumerate(class_set.classes):
+        frac = stats.kept_fraction[i]
+        row = [name, f"{stats.thresholds[i]:.4f}", f"{stats.pixels[i]:,}", "-" if frac is None else f"{100 * frac:.1f}"]
+        if quality:
+            q = quality.get(name)
+            row.append("n/a" if q is None else f"{q:.2f}")
+        table.add_row(*row)
+    Console().print(table)
+    if stats.quality:
+        Console().print(f"pseudo-label mIoU on kept pixels: {stats.quality['miou']:.2f}")
