@@ -51,8 +51,24 @@ IMAGENET_FILES: dict[str, tuple[str, ...]] = {
     "resnet50": ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth"),
     "resnet18": ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
     "vgg16": ("vgg16-397923af.pth",),
+    # NVlabs SegFormer's ImageNet-1K Mix Transformer encoders (their release, user supplied).
+    "mit_b0": ("mit_b0.pth",),
+    "mit_b1": ("mit_b1.pth",),
+    "mit_b2": ("mit_b2.pth",),
+    "mit_b3": ("mit_b3.pth",),
+    "mit_b4": ("mit_b4.pth",),
+    "mit_b5": ("mit_b5.pth",),
 }
 _DOWNLOAD_ROOT = "https://download.pytorch.org/models/"
+_MIT_SOURCE = "NVlabs SegFormer's ImageNet-1K release (github.com/NVlabs/SegFormer, README 'Training')"
+
+
+def _where_to_get(backbone: str) -> str:
+    """Where the user can fetch ``backbone``'s ImageNet file (proca never downloads)."""
+    if backbone.startswith("mit_"):
+        return _MIT_SOURCE
+    return _DOWNLOAD_ROOT + IMAGENET_FILES[backbone][0]
+
 
 # VGG-16 ``features`` indices: pool4 (23) and pool5 (30) are removed, so conv5_x move down by one.
 _VGG_POOL4 = 23
@@ -149,15 +165,16 @@ def find_imagenet_weights(backbone: str, weights: str | os.PathLike[str]) -> Pat
     """Resolve ``weights`` (a path, or ``"imagenet"`` for torch's hub cache) to an existing file.
 
     Args:
-        backbone: ``resnet101``, ``resnet50``, ``resnet18`` or ``vgg16``.
-        weights: a torchvision ``.pth`` file, or ``"imagenet"`` to use ``<torch.hub.get_dir()>/checkpoints/``
+        backbone: ``resnet101``, ``resnet50``, ``resnet18``, ``vgg16`` or ``mit_b0`` ... ``mit_b5``.
+        weights: a torchvision (NVlabs for MiT) ``.pth`` file, or ``"imagenet"`` to use
+            ``<torch.hub.get_dir()>/checkpoints/``
             with one of the file names in :data:`IMAGENET_FILES`.
 
     Raises:
         CheckpointError: the file is missing; the message says where it was looked for and where to get it.
     """
     names = IMAGENET_FILES[backbone]
-    url = _DOWNLOAD_ROOT + names[0]
+    url = _where_to_get(backbone)
     if str(weights) == "imagenet":
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         for name in names:
@@ -170,7 +187,7 @@ def find_imagenet_weights(backbone: str, weights: str | os.PathLike[str]) -> Pat
     path = Path(weights).expanduser()
     if not path.is_file():
         raise CheckpointError(
-            f"ImageNet weights file {path} does not exist; {backbone} needs torchvision's {names[0]}, "
+            f"ImageNet weights file {path} does not exist; {backbone} needs {names[0]}, "
             f"which you can download from {url} (proca never downloads)"
         )
     return path

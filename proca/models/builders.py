@@ -1,4 +1,7 @@
-"""Builders: plain typed functions, one per architecture, and :func:`build_model` over a plain dict."""
+"""Builders: plain typed functions, one per architecture, and :func:`build_model` over a plain dict.
+
+The DeepLabV2 builders live here; the MiT ones (DAFormer, SegFormer) in :mod:`proca.models.mit_builders`.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ from proca.models.backbones import (
     vgg16_backbone,
 )
 from proca.models.deeplabv2 import DeepLabV2
+from proca.models.mit_builders import MIT_BUILDERS
+from proca.models.segformer import MiTSegmenter
 
 __all__ = [
     "MODEL_BUILDERS",
     "ModelBuilder",
+    "SegmentationModel",
     "build_model",
     "deeplabv2_resnet18",
     "deeplabv2_resnet50",
@@ -29,6 +35,9 @@ __all__ = [
 ]
 
 WeightsArg = str | os.PathLike[str] | None
+SegmentationModel = DeepLabV2 | MiTSegmenter
+"""What a builder returns: same interface (``arch``, ``num_classes``, ``norm``, ``feature_dim``, ``forward``,
+``forward_features``, ``extract_features``, ``param_groups``, ``optimizer_family``)."""
 
 
 class ModelBuilder(Protocol):
@@ -36,7 +45,7 @@ class ModelBuilder(Protocol):
 
     def __call__(
         self, *, num_classes: int = 19, backbone_weights: WeightsArg = None, norm: str = "batch"
-    ) -> DeepLabV2: ...
+    ) -> SegmentationModel: ...
 
 
 def _check(num_classes: int, norm: str) -> None:
@@ -110,17 +119,18 @@ def deeplabv2_vgg16(*, num_classes: int = 19, backbone_weights: WeightsArg = Non
     return _finish(vgg16_backbone(), "vgg16", num_classes, backbone_weights, norm)
 
 
-MODEL_BUILDERS: dict[str, Callable[..., DeepLabV2]] = {
+MODEL_BUILDERS: dict[str, Callable[..., SegmentationModel]] = {
     "deeplabv2_resnet101": deeplabv2_resnet101,
     "deeplabv2_resnet50": deeplabv2_resnet50,
     "deeplabv2_resnet18": deeplabv2_resnet18,
     "deeplabv2_vgg16": deeplabv2_vgg16,
+    **MIT_BUILDERS,
 }
 
 
 def build_model(
     arch: str, *, num_classes: int = 19, backbone_weights: WeightsArg = None, norm: str = "batch"
-) -> DeepLabV2:
+) -> SegmentationModel:
     """Build the architecture named ``arch`` (a key of :data:`MODEL_BUILDERS`).
 
     Raises:

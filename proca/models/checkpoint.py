@@ -1,8 +1,8 @@
 """proca's checkpoint files: one ``.safetensors`` per model, and resumable training state.
 
 A model checkpoint is a safetensors file holding the model's state dict (keys as in
-:class:`~proca.models.DeepLabV2`), optional prototype tensors under ``prototypes.<name>``, and in
-its header one metadata entry ``"proca"`` whose value is a JSON object (see
+:class:`~proca.models.DeepLabV2` or :class:`~proca.models.MiTSegmenter`), optional prototype tensors under
+``prototypes.<name>``, and in its header one metadata entry ``"proca"`` whose value is a JSON object (see
 :data:`proca.models.metadata.METADATA_KEYS`). :func:`load_model` rebuilds the architecture from that
 metadata alone; it also reads the release's ``.pth`` files (see :mod:`proca.models.legacy`).
 
@@ -27,9 +27,10 @@ from torch import Tensor
 from proca.errors import CheckpointError
 from proca.io import atomic_write_bytes
 from proca.models._state import load_state_dict_into
-from proca.models.builders import MODEL_BUILDERS, build_model
+from proca.models.builders import MODEL_BUILDERS, SegmentationModel, build_model
 from proca.models.deeplabv2 import DeepLabV2
 from proca.models.metadata import complete_metadata
+from proca.models.segformer import MiTSegmenter
 
 __all__ = [
     "PROTOTYPE_PREFIX",
@@ -58,7 +59,7 @@ class LoadedCheckpoint:
             for example ``feature.prototypes`` (C, A), ``feature.counts`` (C,); empty when none were saved.
     """
 
-    model: DeepLabV2
+    model: SegmentationModel
     metadata: dict[str, Any]
     prototypes: dict[str, Tensor] = field(default_factory=dict)
 
@@ -84,21 +85,22 @@ def _serialize(tensors: dict[str, Tensor], header_key: str, meta: dict[str, Any]
     return safetensors_save(_plain_tensors(tensors), metadata={header_key: json.dumps(meta, allow_nan=True)})
 
 
-def _unwrap(model: torch.nn.Module, source: str) -> DeepLabV2:
-    """The DeepLabV2 inside DistributedDataParallel (``.module``) or torch.compile (``._orig_mod``) wrappers."""
+def _unwrap(model: torch.nn.Module, source: str) -> SegmentationModel:
+    """The proca model inside DistributedDataParallel (``.module``) or torch.compile (``._orig_mod``) wrappers."""
     seen = 0
-    while not isinstance(model, DeepLabV2):
+    while not isinstance(model, (DeepLabV2, MiTSegmenter)):
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
         if not isinstance(inner, torch.nn.Module) or seen > 4:
             raise CheckpointError(
-                f"cannot save {type(model).__name__} to {source}: save_model takes a DeepLabV2 from proca.models"
+                f"cannot save {type(model).__name__} to {source}: save_model takes a DeepLabV2 or "
+                "MiTSegmenter from proca.models"
             )
         model, seen = inner, seen + 1
     return model
 
 
 def save_model(
-    model: DeepLabV2,
+    model: SegmentationModel,
     path: str | os.PathLike[str],
     *,
     metadata: dict[str, Any] | None = None,
@@ -107,7 +109,8 @@ def save_model(
     """Write ``model`` (and optional prototypes) as one ``.safetensors`` file, atomically.
 
     Args:
-        model: a :class:`DeepLabV2` from a builder (its ``arch`` must be a key of ``MODEL_BUILDERS``), or one
+        model: a :class:`DeepLabV2` or :class:`~proca.models.MiTSegmenter` from a builder (its ``arch`` must be
+            a key of ``MODEL_BUILDERS``), or one
             wrapped by DistributedDataParallel or ``torch.compile`` (the wrapper is removed).
         path: output file.
         metadata: stage, iteration, class set, config, metrics, ...; missing keys get defaults and
@@ -176,13 +179,15 @@ def _read_safetensors(path: Path, header_key: str, device: str) -> tuple[dict[st
     return tensors, meta
 
 
-def _build_on_meta(arch: Any, num_classes: Any, norm: Any, source: str) -> DeepLabV2:
+def _build_on_meta(arch: Any, num_classes: Any, norm: Any, source: str) -> SegmentationModel:
     if arch not in MODEL_BUILDERS:
         raise CheckpointError(f"{source}: unknown arch {arch!r} in the metadata; valid: {', '.join(MODEL_BUILDERS)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise CheckpointError(f"{source}: num_classes {num_classes!r} in the metadata is not a positive integer")
     if norm not in ("batch", "frozen"):
         raise CheckpointError(f"{source}: norm {norm!r} in the metadata is not one of batch, frozen")
+    if norm != "batch" and not str(arch).startswith("deeplabv2_"):
+        raise CheckpointError(f"{source}: norm {norm!r} in the metadata is not valid for {arch} (only batch)")
     with torch.device("meta"):
         return build_model(arch, num_classes=num_classes, norm=norm)
 
@@ -212,8 +217,8 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
     if kind == "torch":
         from proca.models.legacy import load_release_model
 
-        model, meta = load_release_model(path, map_location=device)
-        return LoadedCheckpoint(model=model.eval(), metadata=meta, prototypes={})
+        release_model, meta = load_release_model(path, map_location=device)
+        return LoadedCheckpoint(model=release_model.eval(), metadata=meta, prototypes={})
     if kind != "safetensors":
         raise CheckpointError(
             f"{path} is neither a safetensors file nor a torch checkpoint (garbage, truncated or another format)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -62,10 +62,13 @@ class DeepLabV2(nn.Module):
         feature_dim: A.
         arch: builder name.
         norm: ``"batch"`` or ``"frozen"``.
+        optimizer_family: ``"sgd"``: trained with SGD + momentum, as released.
 
     Shape:
         Input (B, 3, H, W) normalised images; logits (B, C, H/8, W/8) (rounded up).
     """
+
+    optimizer_family: ClassVar[str] = "sgd"
 
     def __init__(
         self, backbone: nn.Module, *, num_classes: int, feature_dim: int, arch: str = "custom", norm: str = "batch"

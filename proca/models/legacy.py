@@ -263,6 +263,7 @@ def load_release_model(
     release = parse_release_checkpoint(read_torch_file(path, map_location=map_location), str(path))
     with torch.device("meta"):
         model = build_model(release.arch, num_classes=release.num_classes, norm=release.norm)
+    assert isinstance(model, DeepLabV2)  # release archs are all deeplabv2_*
     load_state_dict_into(model, release.state_dict, str(path), assign=True)
     meta = complete_metadata(
         {

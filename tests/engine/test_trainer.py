@@ -130,7 +130,9 @@ def test_proca_step_matches_the_hand_computed_losses_prototypes_and_update(
     score = tl.softmax(1) if mode == "prob" else tl
     top, arg = score.max(1)
     tgt_small = torch.where(top >= threshold, arg, torch.full_like(arg, 255))
-    levels = [("feature", "feat", sf, tf, lambda_feat)] + ([("output", "out", sl, tl, lambda_out)] if multi_level else [])
+    levels = [("feature", "feat", sf, tf, lambda_feat)]
+    if multi_level:
+        levels.append(("output", "out", sl, tl, lambda_out))
     expected_protos = {}
     total = ce + lovasz * lov
     terms = {"ce": ce, "lovasz": lov}
@@ -156,7 +158,8 @@ def test_proca_step_matches_the_hand_computed_losses_prototypes_and_update(
     assert result.losses["total"] == pytest.approx(float(total), rel=1e-5)
     assert int((tgt_small != 255).sum()) > 0  # the target terms had pixels
     for level, (p, n) in expected_protos.items():
-        torch.testing.assert_close(estimators[level].prototypes, p.to(estimators[level].prototypes.dtype), rtol=1e-5, atol=1e-6)
+        got = estimators[level].prototypes
+        torch.testing.assert_close(got, p.to(got.dtype), rtol=1e-5, atol=1e-6)
         assert torch.equal(estimators[level].counts, n)
     if not multi_level:  # the output prototypes are not touched
         assert torch.equal(estimators["output"].prototypes, before["output"][0])

@@ -157,12 +157,13 @@ def test_builder_errors() -> None:
         build_model("deeplabv2_resnet18", num_classes=0)
     with pytest.raises(TypeError):
         deeplabv2_resnet18(19)  # type: ignore[misc]  # keyword-only
-    assert list(MODEL_BUILDERS) == [
+    assert list(MODEL_BUILDERS)[:4] == [
         "deeplabv2_resnet101",
         "deeplabv2_resnet50",
         "deeplabv2_resnet18",
         "deeplabv2_vgg16",
     ]
+    assert list(MODEL_BUILDERS)[4:] == [f"{h}_mit_b{i}" for h in ("daformer", "segformer") for i in range(6)]
 
 
 def test_import_stays_on_the_library_floor() -> None:
