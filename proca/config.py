@@ -32,6 +32,7 @@ from proca.errors import ConfigError
 __all__ = [
     "PRESETS",
     "TRAIN_OPTIONS",
+    "AdamWConfig",
     "EvalConfig",
     "MemoryBankConfig",
     "ProcaStageConfig",
@@ -236,6 +237,23 @@ class EvalConfig(_Model):
     _size = field_validator("input_size")(_check_size)
 
 
+class AdamWConfig(_Model):
+    """The optimiser of transformer networks (``optimizer = "adamw"``, or ``"auto"`` with a MiT architecture).
+
+    DAFormer's / SegFormer's values: AdamW, lr 6e-5, head at 10x, weight decay 0.01 (none on normalisation
+    and position-like parameters), a linear warm-up from ``warmup_ratio`` x lr over ``warmup_iters``, then
+    poly decay with power 1.0 over each stage's schedule. Used by every training stage of the run.
+    """
+
+    lr: float = Field(6e-5, gt=0, description="Base learning rate of the encoder.")
+    head_lr_mult: float = Field(10.0, gt=0, description="Learning-rate multiplier of the decode head.")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_iters: int = Field(1500, ge=0, description="Linear warm-up iterations at the start of each stage.")
+    warmup_ratio: float = Field(1e-6, gt=0, le=1, description="The warm-up starts at this fraction of the rate.")
+    poly_power: float = Field(1.0, ge=0)
+
+
 class TrainConfig(_Model):
     """The whole recipe: data, model, run-time options and one sub-model per stage."""
 
@@ -247,6 +265,9 @@ class TrainConfig(_Model):
     )
     arch: str = "deeplabv2_resnet101"
     norm: Literal["batch", "frozen"] = "batch"
+    optimizer: Literal["auto", "sgd", "adamw"] = Field(
+        "auto", description="auto: the architecture's family (SGD for DeepLabV2, AdamW for MiT networks)."
+    )
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
@@ -261,6 +282,7 @@ class TrainConfig(_Model):
     pseudo_label: PseudoLabelStageConfig = Field(default_factory=PseudoLabelStageConfig)  # type: ignore[arg-type]
     ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)  # type: ignore[arg-type]
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
+    adamw: AdamWConfig = Field(default_factory=AdamWConfig)  # type: ignore[arg-type]
 
     @field_validator("arch")
     @classmethod

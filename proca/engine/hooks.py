@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from proca.engine.context import RunContext
 from proca.engine.launch import all_reduce_mean, any_flag, barrier
-from proca.engine.schedule import poly_lr, set_lr
+from proca.engine.schedule import LRSchedule, set_lr
 from proca.engine.setup import CHECKPOINT_FILES, wants_release_checkpoint
 from proca.engine.trainer import Hook, Trainer
 from proca.errors import CheckpointError, ProcaError
@@ -37,11 +37,14 @@ __all__ = [
 
 
 class LRScheduleHook(Hook):
-    """The poly learning rate before every step (head groups at their ``lr_mult``)."""
+    """The stage's learning rate before every step (head groups at their ``lr_mult``)."""
 
     def before_step(self, trainer: Trainer, iteration: int) -> None:
-        section = trainer.stage.section
-        trainer.lr = poly_lr(section.lr, iteration, section.schedule_length, section.poly_power)
+        schedule = trainer.stage.schedule
+        if schedule is None:
+            section = trainer.stage.section
+            schedule = LRSchedule(section.lr, section.schedule_length, section.poly_power)
+        trainer.lr = schedule(iteration)
         set_lr(trainer.stage.sc.optimizer, trainer.lr)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from proca.errors import ConfigError
 
-__all__ = ["BatchPlan", "plan_batch", "poly_lr", "set_lr"]
+__all__ = ["BatchPlan", "LRSchedule", "plan_batch", "poly_lr", "set_lr"]
 
 
 def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) -> float:
@@ -20,6 +20,27 @@ def poly_lr(base_lr: float, iteration: int, max_iters: int, power: float = 0.9) 
     if max_iters <= 0:
         raise ValueError("max_iters must be positive")
     return base_lr * (1.0 - min(iteration, max_iters) / max_iters) ** power
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """A stage's learning rate: an optional linear warm-up, then poly decay.
+
+    ``lr(it) = poly(base_lr, it, length, power)``; during the first ``warmup_iters`` steps it is scaled by
+    ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)`` (mmseg's linear warm-up, as DAFormer uses).
+    """
+
+    base_lr: float
+    length: int
+    power: float = 0.9
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
+
+    def __call__(self, iteration: int) -> float:
+        lr = poly_lr(self.base_lr, iteration, self.length, self.power)
+        if iteration < self.warmup_iters:
+            lr *= 1.0 - (1.0 - iteration / self.warmup_iters) * (1.0 - self.warmup_ratio)
+        return lr
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -10,16 +10,17 @@ import torch
 from torch import Tensor, nn
 
 from proca.engine.context import RunContext
-from proca.engine.schedule import BatchPlan, plan_batch
+from proca.engine.schedule import BatchPlan, LRSchedule, plan_batch
 from proca.errors import CheckpointError
 
 __all__ = [
     "CHECKPOINT_FILES",
     "FeaturesForward",
-    "build_optimizer",
+    "build_solver",
     "build_stage_model",
     "make_plan",
     "make_scaler",
+    "optimizer_family",
     "prepare_for_training",
     "stage_checkpoint",
     "wants_release_checkpoint",
@@ -105,9 +106,13 @@ def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = Tr
         return model
     weights = ctx.backbone_weights if imagenet else None
     if weights is None and imagenet and ctx.is_main:
+        from proca.models.backbones import IMAGENET_FILES
+
+        backbone = cfg.arch.split("_", 1)[-1]
+        example = IMAGENET_FILES.get(backbone, ("the backbone's ImageNet file",))[0]
         warnings.warn(
-            f"no --backbone-weights: {cfg.arch} starts from random weights; the paper's numbers need the "
-            "ImageNet weights (e.g. resnet101-5d3b4d8f.pth).",
+            f"no --backbone-weights: {cfg.arch} starts from random weights; the published numbers need the "
+            f"ImageNet weights (e.g. {example}).",
             stacklevel=2,
         )
     return build_model(cfg.arch, num_classes=cfg.num_classes, backbone_weights=weights, norm=cfg.norm)
@@ -146,11 +151,42 @@ def prepare_for_training(ctx: RunContext, model: nn.Module, head: nn.Module | No
     return net
 
 
-def build_optimizer(model: nn.Module, section: Any, extra_groups: list[dict[str, Any]] | None = None) -> Any:
-    """SGD with the release's groups: backbone at lr, head at ``head_lr_mult`` x lr, momentum, weight decay."""
-    groups = model.param_groups(section.lr, head_lr_mult=section.head_lr_mult, weight_decay=section.weight_decay)  # type: ignore[operator]
-    groups += extra_groups or []
-    return torch.optim.SGD(groups, lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
+def optimizer_family(ctx: RunContext, model: nn.Module) -> str:
+    """``sgd`` or ``adamw``: the config's ``optimizer``, or with ``auto`` the model's ``optimizer_family``."""
+    if ctx.cfg.optimizer != "auto":
+        return ctx.cfg.optimizer
+    return str(getattr(model, "optimizer_family", "sgd"))
+
+
+def build_solver(
+    ctx: RunContext, model: nn.Module, section: Any, extra_groups: list[dict[str, Any]] | None = None
+) -> tuple[torch.optim.Optimizer, LRSchedule]:
+    """The stage's optimiser and learning-rate schedule.
+
+    SGD (DeepLabV2, the release): the section's lr, head at ``head_lr_mult``, momentum, weight decay, poly
+    decay. AdamW (MiT networks, DAFormer): ``cfg.adamw`` (lr, head multiplier, weight decay without norms,
+    betas), linear warm-up then poly. Both decay over the section's ``schedule_length``.
+
+    Args:
+        ctx: run context.
+        model: the model (its ``param_groups``).
+        section: the stage's config section.
+        extra_groups: more parameter groups (with ``lr_mult``), e.g. the memory bank's projection head.
+    """
+    groups_of = model.param_groups  # type: ignore[operator]
+    if optimizer_family(ctx, model) == "adamw":
+        opt = ctx.cfg.adamw
+        groups = groups_of(opt.lr, head_lr_mult=opt.head_lr_mult, weight_decay=opt.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            groups + (extra_groups or []), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
+        )
+        schedule = LRSchedule(opt.lr, section.schedule_length, opt.poly_power, opt.warmup_iters, opt.warmup_ratio)
+        return optimizer, schedule
+    groups = groups_of(section.lr, head_lr_mult=section.head_lr_mult, weight_decay=section.weight_decay)
+    optimizer = torch.optim.SGD(
+        groups + (extra_groups or []), lr=section.lr, momentum=section.momentum, weight_decay=section.weight_decay
+    )
+    return optimizer, LRSchedule(section.lr, section.schedule_length, section.poly_power)
 
 
 def make_plan(ctx: RunContext, global_batch: int, per_device: int | None) -> BatchPlan:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from proca.engine.context import RunContext
 from proca.engine.launch import agree_on_error, any_flag
-from proca.engine.schedule import BatchPlan
+from proca.engine.schedule import BatchPlan, LRSchedule
 from proca.errors import ProcaError
 
 __all__ = [
@@ -138,11 +138,14 @@ class TrainingStage(abc.ABC):
         name: the stage's name (``RUN/<name>.safetensors``, ``<name>.log.jsonl``, ``state/<name>.safetensors``).
         section: its config section (``iters``, ``lr``, ``schedule_length``, ``poly_power``, ``eval_every``).
         sc: the step context (network, optimiser, batch plan, AMP).
+        schedule: the learning rate per iteration (see :func:`proca.engine.setup.build_solver`).
     """
 
     name: str
     section: Any
     sc: StepContext
+    schedule: LRSchedule | None = None
+    """The learning-rate schedule (None: the section's SGD poly decay)."""
 
     @abc.abstractmethod
     def batches(self, start: int) -> Iterator[Any]:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from proca.config import ProcaStageConfig
 from proca.engine.context import RunContext
 from proca.engine.prototype_io import PROTOTYPE_LEVELS, load_prototypes
-from proca.engine.setup import build_optimizer, build_stage_model, prepare_for_training, stage_checkpoint
+from proca.engine.setup import build_solver, build_stage_model, prepare_for_training, stage_checkpoint
 from proca.engine.stages.base import step_context, supervised_loss
 from proca.engine.streams import adaptation_plan, adaptation_streams, step_batches, training_workers
 from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
@@ -127,7 +127,8 @@ class ProcaStage(TrainingStage):
             est.to(ctx.device)
         self.pcl = PrototypeContrastiveLoss(temperature=self.section.temperature)
         plan = adaptation_plan(ctx)
-        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, build_optimizer(model, self.section), plan)
+        optimizer, self.schedule = build_solver(ctx, model, self.section)
+        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, optimizer, plan)
         self.streams = adaptation_streams(ctx, plan)
 
     def batches(self, start: int) -> Iterator[Any]:

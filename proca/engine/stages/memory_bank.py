@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from proca.config import ProcaStageConfig
 from proca.engine.context import RunContext
-from proca.engine.setup import build_optimizer, build_stage_model, prepare_for_training, stage_checkpoint
+from proca.engine.setup import build_solver, build_stage_model, prepare_for_training, stage_checkpoint
 from proca.engine.stages.base import step_context, supervised_loss
 from proca.engine.streams import (
     STREAM_IDS,
@@ -157,7 +157,7 @@ class MemoryBankStage(TrainingStage):
             "name": "projection_head",
             "lr_mult": mb.head_lr_mult,
         }
-        optimizer = build_optimizer(model, section, extra_groups=[head_group])
+        optimizer, self.schedule = build_solver(ctx, model, section, extra_groups=[head_group])
         plan = adaptation_plan(ctx)
         self.sc = step_context(ctx, net, model, optimizer, plan)
         self.streams = adaptation_streams(ctx, plan)

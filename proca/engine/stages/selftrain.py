@@ -7,7 +7,7 @@ from typing import Any
 
 from proca.config import SelfTrainingStageConfig
 from proca.engine.context import RunContext
-from proca.engine.setup import build_optimizer, build_stage_model, make_plan, prepare_for_training
+from proca.engine.setup import build_solver, build_stage_model, make_plan, prepare_for_training
 from proca.engine.stages.base import step_context, supervised_loss
 from proca.engine.streams import STREAM_IDS, Stream, step_batches, training_workers, uniform_stream
 from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
@@ -53,7 +53,8 @@ class SelfTrainingStage(TrainingStage):
         init = None if section.init == "imagenet" else ctx.path("proca.safetensors")
         model = build_stage_model(ctx, init, imagenet=True)
         plan = make_plan(ctx, section.batch_size, section.per_device_batch)
-        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, build_optimizer(model, section), plan)
+        optimizer, self.schedule = build_solver(ctx, model, section)
+        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, optimizer, plan)
         transform = self_training_transform(
             section.scale_reference, scale=section.scale, crop=section.input_size, jitter=section.color_jitter
         )

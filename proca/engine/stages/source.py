@@ -7,7 +7,7 @@ from typing import Any
 
 from proca.config import SourceStageConfig
 from proca.engine.context import RunContext
-from proca.engine.setup import build_optimizer, build_stage_model, make_plan, prepare_for_training
+from proca.engine.setup import build_solver, build_stage_model, make_plan, prepare_for_training
 from proca.engine.stages.base import step_context, supervised_loss
 from proca.engine.streams import STREAM_IDS, Stream, source_stream, step_batches, training_workers
 from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
@@ -54,7 +54,8 @@ class SourceStage(TrainingStage):
         self.section: SourceStageConfig = ctx.cfg.source
         model = build_stage_model(ctx, None, imagenet=True)
         plan = make_plan(ctx, self.section.batch_size, self.section.per_device_batch)
-        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, build_optimizer(model, self.section), plan)
+        optimizer, self.schedule = build_solver(ctx, model, self.section)
+        self.sc = step_context(ctx, prepare_for_training(ctx, model), model, optimizer, plan)
         self.stream: Stream = source_stream(
             ctx,
             size=self.section.input_size,
