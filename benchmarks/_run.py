@@ -19,9 +19,10 @@ from proca.engine.launch import DistInfo
 
 def proca_run(
     *, arch: str, source_size: tuple[int, int], target_size: tuple[int, int], amp: str, channels_last: bool,
-    dist: DistInfo, root: Path | None = None,
+    dist: DistInfo, root: Path | None = None, source_batch: int = 1,
 ) -> RunContext:  # fmt: skip
-    """A run context whose folder holds what the ProCA stage reads (random-init source model, its prototypes)."""
+    """A run context whose folder holds what the source and ProCA stages read (data, a random-init source model,
+    its prototypes)."""
     from proca.data.synthetic import write_synthetic_datasets
     from proca.engine.prototype_io import save_prototypes
     from proca.models import build_model, save_model
@@ -36,7 +37,9 @@ def proca_run(
         overrides=[f"arch={arch}", f"amp={precision}", f"channels_last={str(channels_last).lower()}", "num_workers=0",
                    f"proca.source_size=[{source_size[0]}, {source_size[1]}]",
                    f"proca.target_size=[{target_size[0]}, {target_size[1]}]", "proca.class_balanced=false",
-                   f"proca.batch_size={2 * dist.world_size}"]
+                   f"proca.batch_size={2 * dist.world_size}", "source.class_balanced=false",
+                   f"source.input_size=[{source_size[0]}, {source_size[1]}]",
+                   f"source.batch_size={source_batch * dist.world_size}"]
     )  # fmt: skip
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)

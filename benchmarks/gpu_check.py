@@ -12,6 +12,9 @@ Runs on one machine with CUDA; prints a table and writes JSON (``--json``). What
    DistributedDataParallel, prototypes all-reduced), checking that every rank ends with identical
    prototypes.
 
+3. ``--stage source --arch daformer_mit_b5 --size 512x512 --batch 2 --skip-ddp``: one source-only step of a
+   transformer network (AdamW), the setting DAFormer reports memory for.
+
 Usage::
 
     python benchmarks/gpu_check.py --json gpu.json            # 1. and 2.
@@ -71,14 +74,15 @@ class StepTimer(Hook):
         self.losses.append(trainer.result.losses.get("total", float("nan")))
 
 
-def timed_proca_steps(ctx: Any, iters: int, warmup: int) -> tuple[StepTimer, Any]:
-    """``ProcaStage.train_step`` through the :class:`Trainer` (LR hook + timer); one cached batch, so the
-    data loader is not part of the step time (it is measured by ``bench_loader.py``)."""
-    from proca.engine.stages import ProcaStage
+def timed_proca_steps(ctx: Any, iters: int, warmup: int, stage_name: str = "proca") -> tuple[StepTimer, Any]:
+    """The stage's ``train_step`` (``ProcaStage`` or ``SourceStage``) through the :class:`Trainer` (LR hook +
+    timer); one cached batch, so the data loader is not part of the step time (``bench_loader.py`` measures it)."""
+    from proca.engine.stages import ProcaStage, SourceStage
 
-    ctx.cfg.proca.iters = iters + warmup
-    ctx.cfg.proca.poly_iters = iters + warmup
-    stage = ProcaStage(ctx)
+    section = getattr(ctx.cfg, stage_name)
+    section.iters = iters + warmup
+    section.poly_iters = iters + warmup
+    stage = ProcaStage(ctx) if stage_name == "proca" else SourceStage(ctx)
     first = next(stage.batches(0))
     stage.batches = lambda start: iter([first] * (iters + warmup - start))  # type: ignore[method-assign]
     timer = StepTimer(warmup)
@@ -89,15 +93,16 @@ def timed_proca_steps(ctx: Any, iters: int, warmup: int) -> tuple[StepTimer, Any
 def run_step_benchmark(args: argparse.Namespace, device: torch.device, amp: str, channels_last: bool) -> dict:
     ctx = proca_run(
         arch=args.arch, source_size=args.size, target_size=args.tgt_size, amp=amp, channels_last=channels_last,
-        dist=DistInfo(device=device), root=args.workdir,
+        dist=DistInfo(device=device), root=args.workdir, source_batch=args.batch,
     )  # fmt: skip
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    timer, _ = timed_proca_steps(ctx, args.iters, args.warmup)
+    timer, _ = timed_proca_steps(ctx, args.iters, args.warmup, args.stage)
     seconds = sum(timer.times) / len(timer.times)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {
         "precision": amp + ("+channels_last" if channels_last else ""),
+        "stage": args.stage,
         "it_per_s": 1.0 / seconds,
         "s_per_it": seconds,
         "peak_gib": peak,
@@ -165,6 +170,8 @@ def main() -> None:
     parser.add_argument("--ddp-timeout", type=int, default=300)
     parser.add_argument("--ddp-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ddp-result", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=("proca", "source"), default="proca", help="which stage's step to time")
+    parser.add_argument("--batch", type=int, default=1, help="source images per step (--stage source)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the synthetic run (default: a temp dir)")
     args = parser.parse_args()
