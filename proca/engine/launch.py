@@ -87,6 +87,8 @@ def torchrun_command(
         rdzv_endpoint: ``host:port`` of node 0.
         python: interpreter (default: this one).
     """
+    if not 0 <= node_rank < nnodes:
+        raise ConfigError(f"--node-rank {node_rank} does not fit --nnodes {nnodes}; node ranks are 0 .. {nnodes - 1}.")
     cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
     if nnodes == 1 and rdzv_endpoint is None:
         cmd.append("--standalone")

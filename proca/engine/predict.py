@@ -144,5 +144,13 @@ def load_for_inference(
             f"{path}: the model predicts {num} classes but its metadata names {class_set.name} "
             f"({class_set.num_classes}); valid: {valid}."
         )
+    from proca.models.checkpoint import non_finite_keys
+
+    bad = non_finite_keys(dict(model.state_dict()))
+    if bad:
+        raise CheckpointError(
+            f"{path}: the weights hold NaN or infinite values ({', '.join(bad[:3])}); the model cannot predict. "
+            "Use an earlier checkpoint of the run (e.g. its .best.safetensors)."
+        )
     model.to(device).eval()
     return model, class_set, meta

@@ -16,6 +16,7 @@ __all__ = [
     "FINAL_OUTPUTS",
     "RESUME_FREE",
     "STAGES",
+    "RunLock",
     "check_data_root",
     "check_resume_config",
     "check_run_dir",
@@ -59,7 +60,7 @@ def check_run_dir(run_dir: Path, stages: Sequence[str], *, resume: bool, force: 
     """Refuse to mix a new run into an existing folder without --resume or --force."""
     if resume and force:
         raise ConfigError("--resume and --force contradict each other; give one of them.")
-    if resume or force or not run_dir.exists() or not any(run_dir.iterdir()):
+    if resume or force or not run_dir.exists() or not any(p.name != RunLock.NAME for p in run_dir.iterdir()):
         return
     if len(stages) == 1 and not _stage_has_outputs(run_dir, stages[0]) and (run_dir / "config.json").is_file():
         return  # one more stage of an existing run, e.g. --stage prototypes after --stage source
@@ -69,20 +70,109 @@ def check_run_dir(run_dir: Path, stages: Sequence[str], *, resume: bool, force: 
     )
 
 
-def clear_run(run_dir: Path, src: str) -> None:
-    """Remove what a previous run wrote (only proca's own files)."""
-    for stage in STAGES:
+def clear_run(run_dir: Path, src: str, stages: Sequence[str] = STAGES) -> None:
+    """Remove what a previous run wrote for ``stages`` and every later stage (only proca's own files).
+
+    ``--force --stage X`` clears X and the stages after it, never the outputs of earlier stages that X
+    reads; ``--force`` with every stage also removes ``config.json`` and the generated label info.
+    """
+    first = min(STAGES.index(s) for s in stages)
+    cleared = STAGES[first:]
+    for stage in cleared:
         for name in stage_outputs(stage):
             path = run_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    for name in ("config.json", "results.json", f"{src}_label_info.json"):
-        (run_dir / name).unlink(missing_ok=True)
+    results = run_dir / "results.json"
+    if first == 0:
+        for name in ("config.json", "results.json", f"{src}_label_info.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    elif results.is_file():
+        from proca.io import atomic_write_json
+
+        kept = {k: v for k, v in json.loads(results.read_text(encoding="utf-8")).items() if k not in cleared}
+        atomic_write_json(results, kept)
     for folder in ("state", "tb"):
         with contextlib.suppress(OSError):
             (run_dir / folder).rmdir()
+
+
+class RunLock:
+    """``RUN/.proca.lock``: one live process per run folder (pid and host inside; stale locks are taken over).
+
+    A second ``proca train`` (new run, ``--resume`` or ``--force``) into a folder a live process is writing is
+    refused with one line naming the owner. A lock left by a process that no longer runs on this host is
+    replaced; one from another host is refused (it cannot be checked from here) with how to remove it.
+    """
+
+    NAME = ".proca.lock"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / self.NAME
+        self.held = False
+        self.created = False
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        import os
+
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def acquire(self) -> None:
+        import os
+        import socket
+        import time
+
+        self.created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or (owner.get("host") == me["host"] and not self._alive(int(owner.get("pid", -1)))):
+                    self.path.unlink(missing_ok=True)  # stale (dead owner) or unreadable: take it over
+                    continue
+                where = "this host" if owner.get("host") == me["host"] else f"host {owner.get('host')}"
+                raise ProcaError(
+                    f"--out {self.path.parent} is in use by process {owner.get('pid')} on {where}; wait for it to "
+                    f"finish, or stop it (if it is gone, delete {self.path})."
+                ) from None
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(me, handle)
+            self.held = True
+            return
+        raise ProcaError(f"could not lock --out {self.path.parent}; delete {self.path} if no run is using it.")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+            if self.created:  # a start that failed before writing anything leaves no folder behind
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -103,6 +103,14 @@ def save_training_state(
         rng: RNG states from :func:`capture_rng` (default: captured now).
     """
     tensors: dict[str, Tensor] = {f"model.{k}": _cpu(v) for k, v in model.state_dict().items()}
+    from proca.models.checkpoint import non_finite_keys
+
+    bad = non_finite_keys({**tensors, **{f"extra.{k}": v for k, v in (extra or {}).items()}})
+    if bad:
+        raise CheckpointError(
+            f"{path}: training state not written, it holds non-finite values ({', '.join(bad[:3])}); the last "
+            "state on disk is kept: resume from it with a lower learning rate."
+        )
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in opt["state"].items():

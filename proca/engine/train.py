@@ -46,6 +46,7 @@ from proca.engine.launch import (
 from proca.engine.runfolder import (
     FINAL_OUTPUTS,
     STAGES,
+    RunLock,
     check_data_root,
     check_resume_config,
     check_run_dir,
@@ -231,7 +232,7 @@ def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
     """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
-        clear_run(run.out, cfg.src)
+        clear_run(run.out, cfg.src, run.stages)
     if run.resume:
         check_resume_config(run.out, cfg)
 
@@ -249,8 +250,10 @@ def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> di
     run_device = resolve_device(run.device)
     check_data_root(run.data_root, cfg.src, run.stages)
     dist = init_distributed(run_device)
+    lock = RunLock(run.out)
     try:
         if dist.is_main and not checked:
+            lock.acquire()
             _prepare_run_dir(cfg, run)
         barrier()
         with seeded_run(cfg, dist.device):
@@ -265,6 +268,7 @@ def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> di
                 skip_bad=run.skip_bad,
             )
     finally:
+        lock.release()
         cleanup_distributed()
 
 
@@ -312,9 +316,9 @@ def run_train(
         node_rank=node_rank,
         rdzv_endpoint=rdzv_endpoint,
     )
-    _prepare_run_dir(cfg, run)
-    run.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.out / "config.json", cfg.model_dump(mode="json"))
-    threads = max(1, (torch.get_num_threads() or 1) // nproc) if nproc else None
-    launch_torchrun(cmd, threads_per_process=threads)
+    with RunLock(run.out):  # held by the launching process while torchrun's processes write the folder
+        _prepare_run_dir(cfg, run)
+        atomic_write_json(run.out / "config.json", cfg.model_dump(mode="json"))
+        threads = max(1, (torch.get_num_threads() or 1) // nproc) if nproc else None
+        launch_torchrun(cmd, threads_per_process=threads)
     return {}

@@ -55,6 +55,9 @@ class StepContext:
         scaler: the fp16 gradient scaler (disabled otherwise).
         channels_last: inputs in channels_last memory format.
         device: where tensors go.
+        watch: tensors the step changes besides the parameters (BatchNorm statistics, prototypes); when one
+            is not finite after the backward pass, the step is skipped before the optimiser step. The
+            :class:`Trainer` sets it to the stage's :meth:`TrainingStage.step_state`.
     """
 
     net: nn.Module
@@ -65,6 +68,7 @@ class StepContext:
     scaler: torch.amp.GradScaler
     channels_last: bool
     device: torch.device
+    watch: Callable[[], list[Tensor]] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast for the forward pass (bf16/fp16), a no-op without AMP."""
@@ -104,7 +108,7 @@ def accumulate_and_step(
     Each micro-batch's total is multiplied by :meth:`BatchPlan.weight`, so the step's gradient is that of
     the mean over the global batch whatever the number of processes and micro-batches. DDP synchronises
     gradients only in the last backward. A non-finite term on any process skips the whole step on every
-    process (no update; the gradients are dropped).
+    process (no update; the gradients are dropped); so does a non-finite tensor among ``sc.watch()``.
     """
     sc.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
@@ -126,6 +130,11 @@ def accumulate_and_step(
         for name, (value, _) in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach()) * share
         sums["total"] = sums.get("total", 0.0) + float(total.detach()) * share
+    if sc.watch is not None:
+        state_ok = all(bool(torch.isfinite(t).all()) for t in sc.watch() if t.is_floating_point())
+        if any_flag(not state_ok, sc.device):  # e.g. a NaN target image: finite losses, NaN BatchNorm statistics
+            sc.optimizer.zero_grad(set_to_none=True)
+            return StepResult({}, skipped="state (BatchNorm statistics or prototypes)")
     sc.scaler.step(sc.optimizer)
     sc.scaler.update()
     return StepResult(sums)
@@ -258,6 +267,7 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         self.iteration = self.start
+        self.stage.sc.watch = self.stage.step_state
         self.logger = RunLogger(
             self.ctx.run_dir,
             self.stage.name,

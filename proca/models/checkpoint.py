@@ -38,6 +38,7 @@ __all__ = [
     "load_model",
     "load_state",
     "load_state_dict_into",
+    "non_finite_keys",
     "save_model",
     "save_state",
     "sniff_format",
@@ -135,7 +136,19 @@ def save_model(
     tensors: dict[str, Tensor] = dict(model.state_dict())
     for name, value in (prototypes or {}).items():
         tensors[PROTOTYPE_PREFIX + name] = value
+    bad = non_finite_keys(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{path}: not written, the model holds non-finite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); the training diverged: resume from the last state with a lower "
+            "learning rate."
+        )
     atomic_write_bytes(path, _serialize(tensors, _MODEL_KEY, meta))
+
+
+def non_finite_keys(tensors: dict[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def sniff_format(path: str | os.PathLike[str]) -> str:

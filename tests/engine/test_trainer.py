@@ -155,7 +155,7 @@ def test_proca_step_matches_the_hand_computed_losses_prototypes_and_update(
     assert set(result.losses) == {*terms, "total"}
     for name, value in terms.items():
         assert result.losses[name] == pytest.approx(float(value.detach()), rel=1e-5), name
-    assert result.losses["total"] == pytest.approx(float(total), rel=1e-5)
+    assert result.losses["total"] == pytest.approx(float(total.detach()), rel=1e-5)
     assert int((tgt_small != 255).sum()) > 0  # the target terms had pixels
     for level, (p, n) in expected_protos.items():
         got = estimators[level].prototypes
@@ -223,3 +223,20 @@ def test_a_nan_step_leaves_prototypes_batchnorm_and_weights_untouched(tmp_path: 
     for key, value in before_nan.items():
         assert torch.equal(after[key], value), f"{key} changed by the skipped step"
     assert not torch.equal(snapshots[0]["feature.prototypes"], snapshots[1]["feature.prototypes"])  # step 1 did move
+
+
+def test_a_nan_target_with_finite_losses_is_skipped_and_leaves_batchnorm_untouched(tmp_path: Path) -> None:
+    cfg = resolve_config(iters=1, overrides=["proca.eval_every=0", "log_every=1"])
+    ctx = RunContext(cfg=cfg, run_dir=tmp_path, data_root=tmp_path, dist=DistInfo(), progress=False)
+    stage = _ProcaLike(cfg, nan_at=set())
+    src, tgt = _pair(7)
+    tgt["image"][0, 0, 0, 0] = float("nan")  # target labels all ignored: every loss term stays finite
+    stage.batches = lambda start: iter([[(src, tgt)]])  # type: ignore[method-assign]
+    before = {k: v.clone() for k, v in stage.model.bn.state_dict().items()}
+    weights = [p.detach().clone() for p in stage.model.parameters()]
+    trainer = Trainer(ctx, stage, [h for h in default_hooks(ctx) if type(h).__name__ in ("LRScheduleHook",)])
+    trainer.train()
+    assert trainer.result is not None and trainer.result.skipped == "state (BatchNorm statistics or prototypes)"
+    for key, value in stage.model.bn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(torch.equal(a, b) for a, b in zip(weights, stage.model.parameters(), strict=True))
