@@ -12,7 +12,9 @@ Runs on one machine with CUDA; prints a table and writes JSON (``--json``). What
    DistributedDataParallel, prototypes all-reduced), checking that every rank ends with identical
    prototypes.
 
-3. ``--stage source --arch daformer_mit_b5 --size 512x512 --batch 2 --skip-ddp``: one source-only step of a
+3. ``--loader-workers 0,4,8``: the training data loader's images/s at the paper's sizes per worker count
+   (``benchmarks/bench_loader.py``), on the GPU machine's CPUs.
+4. ``--stage source --arch daformer_mit_b5 --size 512x512 --batch 2 --skip-ddp``: one source-only step of a
    transformer network (AdamW), the setting DAFormer reports memory for.
 
 Usage::
@@ -172,6 +174,9 @@ def main() -> None:
     parser.add_argument("--ddp-result", default="", help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=("proca", "source"), default="proca", help="which stage's step to time")
     parser.add_argument("--batch", type=int, default=1, help="source images per step (--stage source)")
+    parser.add_argument(
+        "--loader-workers", default="", help="also time the data loader with these worker counts, e.g. 0,4,8"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the synthetic run (default: a temp dir)")
     args = parser.parse_args()
@@ -202,6 +207,15 @@ def main() -> None:
             row = {"precision": spec, "error": f"out of memory: {err}"}
         info["steps"].append(row)
         print(json.dumps(row), flush=True)
+    if args.loader_workers:
+        import subprocess as sp
+
+        loader_json = args.workdir / "loader.json"
+        script = str(Path(__file__).resolve().parent / "bench_loader.py")
+        root = str(args.workdir / "loader")
+        cmd = [sys.executable, script, "--workers", args.loader_workers, "--root", root, "--json", str(loader_json)]
+        sp.run(cmd, check=True)
+        info["loader"] = json.loads(loader_json.read_text())
     if not args.skip_ddp:
         nproc = torch.cuda.device_count() if device.type == "cuda" else 2
         info["ddp"] = run_ddp(args, nproc)
