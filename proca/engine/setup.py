@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from proca.engine.context import RunContext
 from proca.engine.schedule import BatchPlan, LRSchedule, plan_batch
 from proca.errors import CheckpointError
+from proca.models.builders import SegmentationModel
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -85,7 +87,7 @@ def wants_release_checkpoint(ctx: RunContext, stage: str) -> bool:
     return "release" in users.get(stage, ())
 
 
-def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> nn.Module:
+def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = True) -> SegmentationModel:
     """A model for a stage: loaded from a previous stage's checkpoint, or freshly built.
 
     Args:
@@ -173,7 +175,7 @@ def build_solver(
         section: the stage's config section.
         extra_groups: more parameter groups (with ``lr_mult``), e.g. the memory bank's projection head.
     """
-    groups_of = model.param_groups  # type: ignore[operator]
+    groups_of: Callable[..., list[dict[str, Any]]] = model.param_groups  # type: ignore[assignment]
     if optimizer_family(ctx, model) == "adamw":
         opt = ctx.cfg.adamw
         groups = groups_of(opt.lr, head_lr_mult=opt.head_lr_mult, weight_decay=opt.weight_decay)

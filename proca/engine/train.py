@@ -25,7 +25,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,7 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
         train_stage,
     )
     from proca.engine.streams import ensure_label_info, training_workers
+    from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
     if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
@@ -160,7 +161,11 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
         return run_prototype_stage(ctx)
     if stage == "pseudo-label":
         return run_pseudo_label_stage(ctx)
-    classes = {"source": SourceStage, "proca": ADAPTATION_METHODS[cfg.method], "ssl": SelfTrainingStage}
+    classes: dict[str, Callable[[Any], TrainingStage]] = {
+        "source": SourceStage,
+        "proca": ADAPTATION_METHODS[cfg.method],
+        "ssl": SelfTrainingStage,
+    }
     loop = train_stage(ctx, classes[stage](ctx))
     entry: dict[str, Any] = {
         "miou": loop.last_metrics.get("miou"),

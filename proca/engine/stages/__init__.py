@@ -14,6 +14,9 @@ No stage imports another; the pipeline (:mod:`proca.engine.train`) picks the ada
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from proca.engine.context import RunContext
 from proca.engine.stages.adapt import ProcaStage, proca_train_step
 from proca.engine.stages.base import supervised_loss, train_stage
 from proca.engine.stages.memory_bank import MemoryBankStage, memory_bank_train_step
@@ -23,7 +26,10 @@ from proca.engine.stages.selftrain import SelfTrainingStage, ssl_train_step
 from proca.engine.stages.source import SourceStage, source_train_step
 from proca.engine.trainer import TrainingStage
 
-ADAPTATION_METHODS: dict[str, type[TrainingStage]] = {"prototype": ProcaStage, "memory-bank": MemoryBankStage}
+ADAPTATION_METHODS: dict[str, Callable[[RunContext], TrainingStage]] = {
+    "prototype": ProcaStage,
+    "memory-bank": MemoryBankStage,
+}
 """The adaptation stage of each ``method``; a new method adds a stage class here."""
 
 __all__ = [
