@@ -140,23 +140,30 @@ class RunLock:
         self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None or (owner.get("host") == me["host"] and not self._alive(int(owner.get("pid", -1)))):
-                    self.path.unlink(missing_ok=True)  # stale (dead owner) or unreadable: take it over
-                    continue
-                where = "this host" if owner.get("host") == me["host"] else f"host {owner.get('host')}"
-                raise ProcaError(
-                    f"--out {self.path.parent} is in use by process {owner.get('pid')} on {where}; wait for it to "
-                    f"finish, or stop it (if it is gone, delete {self.path})."
-                ) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(me, handle)
-            self.held = True
-            return
+        from proca.io import atomic_write_text
+
+        # written whole under a private name, then hard-linked: the link fails when a lock exists (exclusive)
+        mine = self.path.with_name(f"{self.NAME}.{me['pid']}.tmp")
+        atomic_write_text(mine, json.dumps(me))
+        try:
+            for _ in range(2):
+                try:
+                    os.link(mine, self.path)
+                except FileExistsError:
+                    owner = self._owner()
+                    alive = owner is not None and self._alive(int(owner.get("pid", -1)))
+                    if owner is None or (owner.get("host") == me["host"] and not alive):
+                        self.path.unlink(missing_ok=True)  # stale (dead owner) or unreadable: take it over
+                        continue
+                    where = "this host" if owner.get("host") == me["host"] else f"host {owner.get('host')}"
+                    raise ProcaError(
+                        f"--out {self.path.parent} is in use by process {owner.get('pid')} on {where}; wait for "
+                        f"it to finish, or stop it (if it is gone, delete {self.path})."
+                    ) from None
+                self.held = True
+                return
+        finally:
+            mine.unlink(missing_ok=True)
         raise ProcaError(f"could not lock --out {self.path.parent}; delete {self.path} if no run is using it.")
 
     def release(self) -> None:
