@@ -2,8 +2,10 @@
 
 Each command parses and validates its options, then calls one library function. Heavy modules
 (torch, the engine) are imported inside the commands so that ``proca --help`` stays fast.
-User errors (:class:`proca.errors.ProcaError`) become one red line and exit status 2;
-``proca --debug COMMAND`` shows the traceback instead.
+User errors (:class:`proca.errors.ProcaError`) become one red line and exit status 2, and proca's own
+warnings one yellow line (:func:`proca.errors.concise_warnings`); ``proca --debug COMMAND`` shows the
+traceback and the warnings' source lines instead. Every command's help ends with examples;
+``tests/test_cli_examples.py`` runs each of them.
 """
 
 from __future__ import annotations
@@ -12,17 +14,42 @@ import contextlib
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from proca import __version__
 
+
+def _hide_flag_metavars(params: list[Any]) -> None:
+    """Give flags (``--flip``, ``--help``) an empty metavar: Typer >= 0.2x shows ``<bool>`` for them otherwise."""
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""
+
+
+class _ProcaGroup(TyperGroup):
+    """The ``proca`` group: help screens show no ``<bool>`` after flags, for every command."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _hide_flag_metavars(params)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _hide_flag_metavars(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
     name="proca",
+    cls=_ProcaGroup,
     help="Prototypical Contrast Adaptation for domain-adaptive semantic segmentation (GTA5 / SYNTHIA -> Cityscapes).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -48,15 +75,18 @@ def _main(
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn user errors into one red line and exit status 2 (130 on Ctrl-C).
+    """Turn user errors into one red line and exit status 2 (130 on Ctrl-C); proca's warnings into one line.
 
     User errors are :class:`~proca.errors.ProcaError` (also when re-raised from a DataLoader worker) and
     ``OSError`` (a folder that cannot be read, a full disk): neither is a bug to show a traceback for.
+    Without ``--debug``, proca's own ``UserWarning`` messages print as one ``warning:`` line without a source
+    path (:func:`~proca.errors.concise_warnings`).
     """
-    from proca.errors import ProcaError, print_user_error
+    from proca.errors import ProcaError, concise_warnings, print_user_error
 
     try:
-        yield
+        with contextlib.nullcontext() if _state["debug"] else concise_warnings():
+            yield
     except (ProcaError, OSError) as err:
         if _state["debug"]:
             raise
@@ -69,6 +99,17 @@ def _user_errors() -> Iterator[None]:
 
         Console(stderr=True).print("[yellow]interrupted[/]: nothing half-written was left behind.")
         raise typer.Exit(130) from None
+
+
+def _existing_checkpoint(path: Path, what: str = "checkpoint") -> Path:
+    """Refuse a checkpoint path that does not exist or is a folder, as one red line (Click would print a box)."""
+    from proca.errors import CheckpointError
+
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory; give a .safetensors or .pth file.")
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist; give a .safetensors or .pth file.")
+    return path
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
@@ -137,22 +178,27 @@ class InferFormat(str, Enum):
     trainid = "trainid"
 
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="Device: auto, cpu, cuda or cuda:N.")]
 SizeOpt = Annotated[
-    str | None, typer.Option("--input-size", help="Network input size HxW (default: the checkpoint's).")
+    str | None,
+    typer.Option("--input-size", metavar="HxW", help="Network input size HxW (default: the checkpoint's)."),
 ]
-ScalesOpt = Annotated[str, typer.Option("--scales", help="Comma-separated test scales, e.g. 0.5,0.75,1,1.25,1.5,1.75.")]
+ScalesOpt = Annotated[
+    str,
+    typer.Option("--scales", metavar="S1,S2,...", help="Comma-separated test scales, e.g. 0.5,0.75,1,1.25,1.5,1.75."),
+]
 FlipOpt = Annotated[bool, typer.Option("--flip", help="Also average horizontally flipped predictions.")]
 DataRootOpt = Annotated[
     Path,
     typer.Option(
         "--data-root",
+        metavar="DIR",
         help="Folder holding cityscapes/ (as for proca train); the Cityscapes folder itself (with leftImg8bit/) "
         "works too.",
     ),
 ]
 CkptArg = Annotated[
-    Path, typer.Argument(help="A proca .safetensors checkpoint or a released .pth file.", exists=True, dir_okay=False)
+    Path, typer.Argument(metavar="CKPT", help="A proca .safetensors checkpoint or a released .pth file.")
 ]
 
 
@@ -162,10 +208,16 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed writes the same files.")] = 0,
     train: Annotated[int, typer.Option("--train", min=1, help="Training images per dataset.")] = 160,
     val: Annotated[int, typer.Option("--val", min=1, help="Cityscapes-style validation images.")] = 40,
-    size: Annotated[str, typer.Option("--size", help="Image size HxW.")] = "256x512",
+    size: Annotated[str, typer.Option("--size", metavar="HxW", help="Image size HxW.")] = "256x512",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
 ) -> None:
-    """Write synthetic driving scenes in the real GTA5, SYNTHIA and Cityscapes on-disk formats."""
+    """Write synthetic driving scenes in the real GTA5, SYNTHIA and Cityscapes on-disk formats.
+
+    Examples:
+
+    proca synth --out synthetic
+    proca synth --out small --train 16 --val 4 --size 128x256 --seed 1
+    """
     hw = _parse_size(size)
     assert hw is not None
     with _user_errors():
@@ -187,7 +239,13 @@ def label_info(
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
 ) -> None:
-    """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling."""
+    """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
+
+    Examples:
+
+    proca label-info gtav --root datasets/gtav
+    proca label-info synthia --root datasets/synthia --workers 8 --skip-bad
+    """
     with _user_errors():
         from proca.data.label_info import run_label_info
 
@@ -210,7 +268,10 @@ def train(
         typer.Option("--tgt", help="Unlabelled target dataset (default: cityscapes).", rich_help_panel=_DATA),
     ] = None,
     data_root: Annotated[
-        Path, typer.Option("--data-root", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA)
+        Path,
+        typer.Option(
+            "--data-root", metavar="DIR", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA
+        ),
     ] = Path("datasets"),
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
@@ -227,13 +288,19 @@ def train(
     backbone_weights: Annotated[
         Path | None,
         typer.Option(
-            "--backbone-weights", help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.", rich_help_panel=_MODEL
+            "--backbone-weights",
+            metavar="FILE",
+            help="ImageNet weights, e.g. resnet101-5d3b4d8f.pth.",
+            rich_help_panel=_MODEL,
         ),
     ] = None,
     input_size: Annotated[
         str | None,
         typer.Option(
-            "--input-size", help="Every training and evaluation size HxW (small data).", rich_help_panel=_SCHEDULE
+            "--input-size",
+            metavar="HxW",
+            help="Every training and evaluation size HxW (small data).",
+            rich_help_panel=_SCHEDULE,
         ),
     ] = None,
     iters: Annotated[
@@ -255,7 +322,10 @@ def train(
         int | None, typer.Option("--seed", help="Random seed (config key seed).", rich_help_panel=_SCHEDULE)
     ] = None,
     device: Annotated[
-        str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.", rich_help_panel=_HARDWARE)
+        str,
+        typer.Option(
+            "--device", metavar="DEVICE", help="Device: auto, cpu, cuda or cuda:N.", rich_help_panel=_HARDWARE
+        ),
     ] = "auto",
     gpus: Annotated[
         int, typer.Option("--gpus", min=0, help="CUDA GPUs per node (launches torchrun).", rich_help_panel=_HARDWARE)
@@ -272,7 +342,12 @@ def train(
     ] = 0,
     rdzv_endpoint: Annotated[
         str | None,
-        typer.Option("--rdzv-endpoint", help="host:port of the rendezvous (multi-node).", rich_help_panel=_HARDWARE),
+        typer.Option(
+            "--rdzv-endpoint",
+            metavar="HOST:PORT",
+            help="host:port of the rendezvous (multi-node).",
+            rich_help_panel=_HARDWARE,
+        ),
     ] = None,
     amp: Annotated[
         Amp | None, typer.Option("--amp", help="Mixed precision (config key amp).", rich_help_panel=_HARDWARE)
@@ -328,6 +403,14 @@ def train(
     """Run the ProCA recipe: source-only, prototypes, ProCA, pseudo labels, self-training.
 
     Precedence of every config key: preset < --config file < --set < the options typed here.
+
+    Examples:
+
+    proca train --src gtav --out runs/gta2city --print-config
+    proca train --src gtav --gpus 4 --backbone-weights resnet101-5d3b4d8f.pth
+    proca train --out runs/smoke --stage source --arch deeplabv2_resnet18
+    proca train --src synthia --set proca.temperature=0.1 --print-config
+    proca train --out runs/gta2city --resume
     """
     with _user_errors():
         from proca.engine.train import RunOptions, run_train, train_config
@@ -376,7 +459,7 @@ def pseudo_label(
     checkpoint: CkptArg,
     out: Annotated[Path, typer.Option("--out", help="Folder for train-id PNGs and thresholds.json.")],
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", help="Cityscapes split to label.")] = "train",
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split to label.")] = "train",
     percent: Annotated[
         float, typer.Option("--percent", min=0.0, max=1.0, help="Per-class confidence percentile.")
     ] = 0.6,
@@ -386,8 +469,15 @@ def pseudo_label(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
 ) -> None:
-    """Write pseudo labels for the target split with per-class percentile thresholds."""
+    """Write pseudo labels for the target split with per-class percentile thresholds.
+
+    Examples:
+
+    proca pseudo-label runs/x/proca.safetensors --out runs/x/pseudo_labels
+    proca pseudo-label CKPT --data-root datasets --out pl --percent 0.5
+    """
     with _user_errors():
+        _existing_checkpoint(checkpoint)
         from proca.engine.commands.pseudo_label import run_pseudo_label
 
         run_pseudo_label(
@@ -408,7 +498,7 @@ def pseudo_label(
 def eval_(
     checkpoint: CkptArg,
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", help="Cityscapes split.")] = "val",
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split.")] = "val",
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
@@ -423,8 +513,16 @@ def eval_(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
 ) -> None:
-    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models)."""
+    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models).
+
+    Examples:
+
+    proca eval runs/x/ssl.safetensors --data-root datasets --json eval.json
+    proca eval CKPT --data-root datasets --scales 0.5,1,1.5 --flip
+    proca eval model_proca_ssl.pth --save-predictions preds --format color
+    """
     with _user_errors():
+        _existing_checkpoint(checkpoint)
         from proca.engine.commands.eval import run_eval
 
         run_eval(
@@ -455,8 +553,15 @@ def infer(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
 ) -> None:
-    """Segment your own images: coloured masks, overlays, or raw ids."""
+    """Segment your own images: coloured masks, overlays, or raw ids.
+
+    Examples:
+
+    proca infer ssl.safetensors photos/ --out preds/ --format overlay
+    proca infer CKPT "photos/*.jpg" --out masks --input-size 512x1024
+    """
     with _user_errors():
+        _existing_checkpoint(checkpoint)
         from proca.engine.commands.infer import run_infer
 
         run_infer(
@@ -474,16 +579,21 @@ def infer(
 
 @app.command()
 def convert(
-    src: Annotated[
-        Path, typer.Argument(help="A released ProCA/FADA/SDCA .pth checkpoint.", exists=True, dir_okay=False)
-    ],
-    dst: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="A released ProCA/FADA/SDCA .pth checkpoint.")],
+    dst: Annotated[Path, typer.Argument(metavar="DST", help="Output .safetensors file.")],
     class_set: Annotated[
         str | None, typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
     ] = None,
 ) -> None:
-    """Convert a released .pth checkpoint into a proca .safetensors checkpoint."""
+    """Convert a released .pth checkpoint into a proca .safetensors checkpoint.
+
+    Examples:
+
+    proca convert model_proca_ssl.pth model_proca_ssl.safetensors
+    proca convert syn.pth syn.safetensors --class-set synthia16
+    """
     with _user_errors():
+        _existing_checkpoint(src, "SRC")
         from proca.engine.commands.convert import run_convert
 
         run_convert(src, dst, class_set=class_set)
@@ -496,7 +606,13 @@ def demo(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the demo's results as JSON.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
 ) -> None:
-    """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes."""
+    """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
+
+    Examples:
+
+    proca demo
+    proca demo --out proca-demo --seed 1 --json demo.json
+    """
     with _user_errors():
         from proca.engine.demo import run_demo
 

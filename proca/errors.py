@@ -8,6 +8,7 @@ message on one line and exits with status 2; ``--debug`` shows the traceback ins
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ __all__ = [
     "DataError",
     "OutputError",
     "ProcaError",
+    "concise_warnings",
     "print_user_error",
     "report_user_errors",
     "user_message",
@@ -69,6 +71,42 @@ def print_user_error(err: BaseException) -> None:
     from rich.markup import escape
 
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(user_message(err))}", soft_wrap=True)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _from_proca(category: type[Warning], filename: str) -> bool:
+    return issubclass(category, UserWarning) and os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+@contextlib.contextmanager
+def concise_warnings() -> Iterator[None]:
+    """Show proca's own ``UserWarning`` messages as one yellow ``warning:`` line, without a source path.
+
+    For the duration of the block ``warnings.showwarning`` is replaced: a ``UserWarning`` (or subclass)
+    issued from a module of :mod:`proca` prints as ``warning: <message>`` on stderr; every other warning
+    (torch's, a third-party library's) goes to the previous handler unchanged. The CLI wraps each command
+    in this unless ``--debug`` is given. Warning filters are not touched.
+    """
+    import warnings
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if not _from_proca(category, filename):
+            previous(message, category, filename, lineno, file, line)
+            return
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 @dataclass

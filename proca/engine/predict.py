@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from proca.data.classes import CLASS_SETS, ClassSet, get_class_set
 from proca.errors import CheckpointError
 
-__all__ = ["aspect_input_size", "load_for_inference", "predict_probs", "resize_images"]
+__all__ = ["aspect_input_size", "check_eval_size", "load_for_inference", "predict_probs", "resize_images"]
 
 
 def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -154,3 +154,47 @@ def load_for_inference(
         )
     model.to(device).eval()
     return model, class_set, meta
+
+
+def check_eval_size(
+    checkpoint: str | os.PathLike[str],
+    eval_size: tuple[int, int],
+    image_path: str | os.PathLike[str] | None,
+    *,
+    max_ratio: float = 2.0,
+) -> bool:
+    """Print one yellow warning line when the checkpoint's evaluation size is far from the images' size.
+
+    ``eval``/``infer`` without ``--input-size`` resize every image to (about) the checkpoint's
+    ``eval_input_size``; a model trained on 96x192 crops then predicts 1024x2048 photos at 96x192.
+
+    Args:
+        checkpoint: the checkpoint's path (named in the message).
+        eval_size: (H, W) the images will be resized to.
+        image_path: a representative image (the first one); nothing is checked when None or unreadable.
+        max_ratio: warn when a side of the image is more than this many times larger or smaller.
+
+    Returns:
+        Whether the warning was printed.
+    """
+    if image_path is None:
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as im:
+            w, h = im.size
+    except OSError:
+        return False  # the dataset reports unreadable images with the file's name
+    ratios = (h / eval_size[0], w / eval_size[1])
+    if all(1 / max_ratio <= r <= max_ratio for r in ratios):
+        return False
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(
+        f"[yellow]warning:[/] {checkpoint} was evaluated at {eval_size[0]}x{eval_size[1]} but the images are "
+        f"{h}x{w} (e.g. {os.path.basename(image_path)}); they are resized to about "
+        f"{eval_size[0]}x{eval_size[1]}. Pass --input-size HxW (e.g. --input-size {h}x{w}) to choose the size.",
+        soft_wrap=True,
+    )
+    return True

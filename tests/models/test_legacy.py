@@ -222,3 +222,13 @@ def test_legacy_does_not_import_checkpoint() -> None:
     tree = ast.parse(inspect.getsource(legacy))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "proca.models.checkpoint" not in imported and not any(m and m.startswith("proca.engine") for m in imported)
+
+
+def test_convert_message_says_what_was_kept_and_dropped(tmp_path: Path, release_file: Path) -> None:
+    result = CliRunner().invoke(app, ["convert", str(release_file), str(tmp_path / "m.safetensors")])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "iteration 20000 kept as metadata" in flat
+    dropped = flat.split("dropped:", 1)[1]
+    assert "optimizer_cls" in dropped and "optimizer_fea" in dropped and "iteration" not in dropped
+    assert "ignored:" not in flat

@@ -261,16 +261,18 @@ def test_bad_checkpoint(kind: str, cmd: str, data_root: Path, checkpoints: dict[
     assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "pred").exists()
 
 
-@pytest.mark.parametrize("cmd", ["eval", "infer", "convert"])
+@pytest.mark.parametrize("cmd", ["eval", "infer", "pseudo-label", "convert"])
 def test_checkpoint_is_a_directory(cmd: str, data_root: Path, tmp_path: Path) -> None:
     folder = tmp_path / "ckpt_dir"
     folder.mkdir()
     assert_user_error(invoke(_command(cmd, folder, data_root, tmp_path)), "ckpt_dir", "directory")
 
 
-@pytest.mark.parametrize("cmd", ["eval", "infer"])
+@pytest.mark.parametrize("cmd", ["eval", "infer", "pseudo-label", "convert"])
 def test_checkpoint_does_not_exist(cmd: str, data_root: Path, tmp_path: Path) -> None:
-    assert_user_error(invoke(_command(cmd, tmp_path / "nope.safetensors", data_root, tmp_path)), "nope", "not exist")
+    result = invoke(_command(cmd, tmp_path / "nope.safetensors", data_root, tmp_path))
+    text = assert_user_error(result, "nope", "does not exist")
+    assert "Usage:" not in text and "╭" not in text, text  # one red line, not Click's usage box
 
 
 @pytest.mark.parametrize("cmd", ["eval", "infer"])

@@ -57,11 +57,13 @@ def run_convert(
     }
     from rich.console import Console
 
-    ignored = ", ".join(summary["ignored_entries"]) or "nothing"
+    # The iteration count is kept (as metadata), so only the entries really left out are called dropped.
+    kept = f"; iteration {summary['iteration']} kept as metadata" if summary["iteration"] is not None else ""
+    dropped = ", ".join(e for e in summary["ignored_entries"] if not (e == "iteration" and kept)) or "nothing"
     Console(highlight=False).print(
         f"[green]converted[/] {src} -> {dst}: {summary['arch']}, {summary['num_classes']} classes "
         f"({summary['class_set'] or 'no known class set'}), norm={summary['norm']}, "
-        f"{summary['parameters']:,} parameters; ignored: {ignored}",
+        f"{summary['parameters']:,} parameters{kept}; dropped: {dropped}",
         soft_wrap=True,
     )
     return summary

@@ -13,7 +13,7 @@ from proca.engine.device import resolve_device
 from proca.engine.encode import EVAL_FORMATS, check_format, prediction_path, save_prediction
 from proca.engine.evaluate import evaluate
 from proca.engine.loop import AsyncWriter, Batch
-from proca.engine.predict import load_for_inference
+from proca.engine.predict import check_eval_size, load_for_inference
 from proca.engine.results import EvalResult
 from proca.errors import ConfigError
 
@@ -90,6 +90,8 @@ def run_eval(
     size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
     size = (int(size[0]), int(size[1]))
     dataset = CityscapesDataset(city_root, split=split, class_set=class_set, transform=test_transform(size))
+    if input_size is None:
+        check_eval_size(checkpoint, size, dataset.images[0] if len(dataset) else None)
 
     from proca.engine.report import ExampleCollector, write_report
 

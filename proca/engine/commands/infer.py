@@ -18,7 +18,7 @@ from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
 from proca.engine.encode import INFER_FORMATS, check_format, save_prediction
 from proca.engine.loop import AsyncWriter, PreparedDataset, default_num_workers, iterate_batches
-from proca.engine.predict import aspect_input_size, load_for_inference, predict_probs
+from proca.engine.predict import aspect_input_size, check_eval_size, load_for_inference, predict_probs
 from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
 
@@ -83,6 +83,8 @@ def run_infer(
     model, class_set, meta = load_for_inference(checkpoint, dev)
     reference = tuple(meta.get("eval_input_size") or (512, 1024))
     reference = (int(reference[0]), int(reference[1]))
+    if input_size is None:
+        check_eval_size(checkpoint, reference, dataset.images[0])
 
     def size_fn(photo_size: tuple[int, int]) -> tuple[int, int]:
         return tuple(input_size) if input_size is not None else aspect_input_size(photo_size, reference)  # type: ignore[return-value]
