@@ -233,6 +233,18 @@ def run_pipeline(
     return results
 
 
+def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
+    """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
+    check_data_root(run.data_root, cfg.src, run.stages)
+    weights = run.backbone_weights
+    fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
+    if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
+        raise ConfigError(
+            f"--backbone-weights {weights}: no such file; give the ImageNet weights file "
+            "(see docs/pretrained.md), or leave the option out for random init."
+        )
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
     """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
@@ -253,7 +265,7 @@ def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> di
     from proca.engine.device import resolve_device
 
     run_device = resolve_device(run.device)
-    check_data_root(run.data_root, cfg.src, run.stages)
+    check_inputs(cfg, run)
     dist = init_distributed(run_device)
     lock = RunLock(run.out)
     try:
@@ -300,7 +312,6 @@ def run_train(
     Raises:
         ProcaError: an existing ``out`` without ``resume``/``force``, bad options or config, a failed stage.
     """
-    stages = run.stages
     if gpus and nproc:
         raise ConfigError("--gpus (CUDA) and --nproc (CPU) exclude each other; give one of them.")
     if not (gpus or nproc) or in_torchrun():
@@ -313,7 +324,7 @@ def run_train(
         if run.device not in ("auto", "cpu"):
             raise ConfigError(f"--nproc runs CPU processes (gloo); --device {run.device} does not fit, use cpu.")
         device = "cpu"
-    check_data_root(run.data_root, cfg.src, stages)
+    check_inputs(cfg, run)
     cmd = torchrun_command(
         [RunOptions(**{**asdict(run), "device": device}).to_json(), *(["debug"] if debug else [])],
         nproc_per_node=gpus or nproc,

@@ -109,3 +109,10 @@ def test_node_rank_must_fit_the_node_count() -> None:
 
     with pytest.raises(ConfigError, match=r"node ranks are 0 \.\. 1"):
         torchrun_command(["{}"], nproc_per_node=1, nnodes=2, node_rank=2, rdzv_endpoint="h:1")
+
+
+def test_a_missing_weights_file_is_refused_before_anything_is_written(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _train(data, out, "--backbone-weights", str(tmp_path / "resnet18-missing.pth"))
+    assert result.exit_code == 2 and "no such file" in result.output
+    assert not out.exists()  # the retry is not refused by a config.json left behind
