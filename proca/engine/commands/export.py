@@ -66,6 +66,7 @@ def run_export(
         console.print(
             "check skipped: onnxruntime is not installed (pip install proca[onnx] to compare with PyTorch)",
             soft_wrap=True,
+            markup=False,
         )
     else:
         extra = f", {result.mismatched_pixels} tied pixel(s) differ" if result.mismatched_pixels else ""
