@@ -9,9 +9,9 @@ The exported graph takes normalised images (B, 3, H, W) float32 (ImageNet mean a
 
 The file is written atomically (temporary file, then rename) and only after the check passed: the
 exported graph and PyTorch run on one seeded random image and the maximum relative difference
-``max |a - b| / max |b|`` of the logits must be <= :data:`MAX_RELATIVE_DIFFERENCE`. ONNX files are checked
-with onnxruntime when it is installed (``pip install proca[onnx]``), else the check is skipped;
-TorchScript files are always checked (``torch.jit.load``).
+``max |a - b| / max |b|`` of the logits must be <= :data:`MAX_RELATIVE_DIFFERENCE`. ONNX export needs the ``onnx``
+package; ONNX files are checked with onnxruntime when it is installed (``pip install proca[onnx]``
+installs both), else the check is skipped; TorchScript files are always checked (``torch.jit.load``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "check_output_path",
     "export_format",
     "export_model",
+    "require_onnx",
 ]
 
 #: What ``proca export`` writes: an ONNX graph or a traced TorchScript module.
@@ -141,6 +142,20 @@ def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
             f"(got {suffix or 'none'!r})."
         )
     return fmt
+
+
+def require_onnx() -> None:
+    """Refuse ONNX export where the ``onnx`` package (which torch's exporter needs) is not installed.
+
+    Raises:
+        ConfigError: naming the package and how to install it (or to write TorchScript instead).
+    """
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "ONNX export needs the onnx package: pip install proca[onnx] (or write TorchScript: OUT.pt)"
+        ) from None
 
 
 def check_output_path(path: str | os.PathLike[str], *, force: bool = False) -> Path:
@@ -288,6 +303,8 @@ def export_model(
         raise ConfigError(f"--input-size {input_size!r} is not a positive HxW size, for example 512x1024.")
     size = (int(input_size[0]), int(input_size[1]))
     target = check_output_path(path, force=force)
+    if fmt == "onnx":
+        require_onnx()
     was_training = model.training
     net = ExportedNetwork(model.cpu(), output).eval()
     example = _example(size)

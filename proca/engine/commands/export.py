@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from proca.engine.export import MAX_RELATIVE_DIFFERENCE, MIN_OPSET, ExportResult, check_output_path, export_format
+from proca.engine.export import (
+    MAX_RELATIVE_DIFFERENCE,
+    MIN_OPSET,
+    ExportResult,
+    check_output_path,
+    export_format,
+    require_onnx,
+)
 
 __all__ = ["run_export"]
 
@@ -48,6 +55,8 @@ def run_export(
         )
     fmt = export_format(out, fmt)  # refuse a bad suffix or an existing output before loading anything
     check_output_path(out, force=force)
+    if fmt == "onnx":
+        require_onnx()
     loaded = load_model(checkpoint, map_location="cpu")
     size = input_size or tuple(int(v) for v in loaded.metadata.get("eval_input_size") or (512, 1024))
     result = export_model(
