@@ -57,8 +57,12 @@ def _class_set(value: str | ClassSet) -> ClassSet:
 def _model_class_set(model: nn.Module) -> ClassSet:
     from proca.models.metadata import class_set_for
 
-    num = int(getattr(model, "num_classes", -1))
-    name = class_set_for(num)
+    num = getattr(model, "num_classes", None)
+    if num is None:
+        raise ConfigError(
+            f"the model ({type(model).__name__}) has no num_classes; give a proca network or a checkpoint path"
+        )
+    name = class_set_for(int(num))
     if name is None:
         raise ConfigError(
             f"the model predicts {num} classes; proca.predict maps 19 (cityscapes19) or 16 (synthia16) classes"
@@ -130,7 +134,7 @@ def predict(
         reference = (int(size[0]), int(size[1]))
     h, w = photo.shape[:2]
     size = (int(input_size[0]), int(input_size[1])) if input_size is not None else aspect_input_size((h, w), reference)
-    pixels = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1))
+    pixels = tv_tensors.Image(torch.from_numpy(np.array(photo, dtype=np.uint8)).permute(2, 0, 1))
     x = test_transform(size)(pixels).as_subclass(torch.Tensor).float()
     was_training = model.training
     model.eval()
