@@ -204,7 +204,8 @@ def _onnx_bytes(net: ExportedNetwork, example: Tensor, *, opset: int, dynamic: b
     buffer = io.BytesIO()
     with _quiet_export():
         torch.onnx.export(
-            net, (example,), buffer, input_names=["images"], output_names=[out_name], opset_version=opset,
+            net, (example,), buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
+            input_names=["images"], output_names=[out_name], opset_version=opset,
             dynamic_axes=axes, do_constant_folding=True, dynamo=False,
         )  # fmt: skip
     return buffer.getvalue()
@@ -274,7 +275,8 @@ def export_model(
     """Export ``model`` to ONNX or TorchScript at ``path`` (atomically, after the check passed).
 
     Args:
-        model: a proca network (any module mapping normalised images to logits); exported on the CPU in eval mode.
+        model: a proca network (any module mapping normalised images to logits); moved to the CPU and exported
+            in eval mode (its train/eval mode is restored afterwards).
         path: the output file; ``.onnx`` for ONNX, ``.pt`` or ``.ts`` for TorchScript.
         input_size: (H, W) of the example input traced through the network.
         fmt: ``onnx`` or ``torchscript``; default: from the suffix of ``path``.

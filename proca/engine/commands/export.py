@@ -58,10 +58,11 @@ def run_export(
     if fmt == "onnx":
         require_onnx()
     loaded = load_model(checkpoint, map_location="cpu")
-    size = input_size or tuple(int(v) for v in loaded.metadata.get("eval_input_size") or (512, 1024))
+    reference = loaded.metadata.get("eval_input_size") or (512, 1024)
+    size = input_size or (int(reference[0]), int(reference[1]))
     result = export_model(
         loaded.model, out, input_size=size, fmt=fmt, output=output, opset=opset, dynamic=dynamic, force=force
-    )  # type: ignore[arg-type]
+    )
     console = Console(highlight=False)
     h, w = result.input_size
     shape = "(B, 3, H, W) dynamic" if result.dynamic else f"(1, 3, {h}, {w})"
