@@ -39,6 +39,7 @@ __all__ = [
     "MIN_OPSET",
     "ExportResult",
     "ExportedNetwork",
+    "check_opset",
     "check_output_path",
     "export_format",
     "export_model",
@@ -142,6 +143,17 @@ def export_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
             f"(got {suffix or 'none'!r})."
         )
     return fmt
+
+
+def check_opset(opset: int) -> int:
+    """Return ``opset`` if it is one proca exports (:data:`MIN_OPSET` .. :data:`MAX_OPSET`).
+
+    Raises:
+        ConfigError: naming ``--opset`` and the valid range.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"--opset {opset} is not supported; valid: {MIN_OPSET} to {MAX_OPSET}.")
+    return opset
 
 
 def require_onnx() -> None:
@@ -299,8 +311,8 @@ def export_model(
     fmt = export_format(path, fmt)
     if output not in EXPORT_OUTPUTS:
         raise ConfigError(f"--output {output!r} is not an export output; valid: {', '.join(EXPORT_OUTPUTS)}.")
-    if fmt == "onnx" and not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"--opset {opset} is not supported; valid: {MIN_OPSET} to {MAX_OPSET}.")
+    if fmt == "onnx":
+        check_opset(opset)
     if len(input_size) != 2 or min(int(v) for v in input_size) <= 0:
         raise ConfigError(f"--input-size {input_size!r} is not a positive HxW size, for example 512x1024.")
     size = (int(input_size[0]), int(input_size[1]))

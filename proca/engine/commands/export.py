@@ -9,6 +9,7 @@ from proca.engine.export import (
     MAX_RELATIVE_DIFFERENCE,
     MIN_OPSET,
     ExportResult,
+    check_opset,
     check_output_path,
     export_format,
     require_onnx,
@@ -56,6 +57,7 @@ def run_export(
     fmt = export_format(out, fmt)  # refuse a bad suffix or an existing output before loading anything
     check_output_path(out, force=force)
     if fmt == "onnx":
+        check_opset(opset)
         require_onnx()
     loaded = load_model(checkpoint, map_location="cpu")
     reference = loaded.metadata.get("eval_input_size") or (512, 1024)
