@@ -171,6 +171,16 @@ class EvalFormat(str, Enum):
     color = "color"
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class ExportOutput(str, Enum):
+    logits = "logits"
+    argmax = "argmax"
+
+
 class InferFormat(str, Enum):
     color = "color"
     overlay = "overlay"
@@ -597,6 +607,41 @@ def convert(
         from proca.engine.commands.convert import run_convert
 
         run_convert(src, dst, class_set=class_set)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A proca .safetensors checkpoint or a released .pth file.")],
+    out: Annotated[Path, typer.Argument(help="Output file: .onnx (ONNX) or .pt / .ts (TorchScript).")],
+    input_size: Annotated[
+        str | None,
+        typer.Option("--input-size", help="Input size HxW of the exported graph (default: the checkpoint's)."),
+    ] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="ONNX: dynamic batch, height and width axes.")] = False,
+    output: Annotated[
+        ExportOutput,
+        typer.Option("--output", help="logits at the network's stride, or argmax train ids (uint8) at the input size."),
+    ] = ExportOutput.logits,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 or newer).")] = 17,
+    fmt: Annotated[
+        ExportFormat | None, typer.Option("--format", help="onnx or torchscript (default: from OUT's suffix).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+) -> None:
+    """Export a checkpoint to ONNX (or TorchScript), checked against PyTorch before it is written."""
+    with _user_errors():
+        from proca.engine.commands.export import run_export
+
+        run_export(
+            checkpoint,
+            out,
+            input_size=_parse_size(input_size),
+            fmt=fmt.value if fmt else None,
+            output=output.value,
+            opset=opset,
+            dynamic=dynamic,
+            force=force,
+        )
 
 
 @app.command()

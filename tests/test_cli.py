@@ -1,4 +1,4 @@
-"""The CLI skeleton: help, version, the eight subcommands, start-up time and error style."""
+"""The CLI skeleton: help, version, the nine subcommands, start-up time and error style."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from proca.cli import app
 
 runner = CliRunner()
 
-COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "demo"]
+COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "export", "demo"]
 
 
 def test_help_lists_every_subcommand() -> None:

@@ -4,6 +4,7 @@
 - :mod:`~proca.engine.commands.pseudo_label`: ``proca pseudo-label`` (:func:`run_pseudo_label`).
 - :mod:`~proca.engine.commands.infer`: ``proca infer`` (:func:`run_infer`).
 - :mod:`~proca.engine.commands.convert`: ``proca convert`` (:func:`run_convert`).
+- :mod:`~proca.engine.commands.export`: ``proca export`` (:func:`run_export`).
 
 Each turns paths and options into calls of the library (:mod:`proca.engine.evaluate`,
 :mod:`proca.engine.pseudo_label`, :mod:`proca.engine.predict`, :mod:`proca.models.legacy`) and prints the
@@ -15,11 +16,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["run_convert", "run_eval", "run_infer", "run_pseudo_label"]
+__all__ = ["run_convert", "run_eval", "run_export", "run_infer", "run_pseudo_label"]
 
 _LAZY = {
     "run_convert": "proca.engine.commands.convert",
     "run_eval": "proca.engine.commands.eval",
+    "run_export": "proca.engine.commands.export",
     "run_infer": "proca.engine.commands.infer",
     "run_pseudo_label": "proca.engine.commands.pseudo_label",
 }

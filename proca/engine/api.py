@@ -1,0 +1,186 @@
+"""The one-call Python API: ``proca.predict``, ``proca.colorize`` and ``proca.overlay``.
+
+:func:`predict` does what ``proca infer`` does for one photo: the photo is resized (bicubic) to the
+network input (by default the checkpoint's evaluation pixel count at the photo's aspect ratio, see
+:func:`~proca.engine.predict.aspect_input_size`), normalised, predicted with
+:func:`~proca.engine.predict.predict_probs` at the photo's own size, and the argmax returned.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from proca.data.classes import ClassSet, get_class_set
+from proca.errors import ConfigError, DataError
+
+__all__ = ["colorize", "overlay", "predict"]
+
+#: Evaluation input size used for a model object (no checkpoint metadata): the release's 512x1024.
+DEFAULT_REFERENCE = (512, 1024)
+
+
+def _photo(image: Any) -> np.ndarray:
+    """An image path, PIL image or (H, W, 3) uint8 RGB array as an (H, W, 3) uint8 array."""
+    if isinstance(image, (str, os.PathLike)):
+        from proca.data._decode import read_rgb
+
+        return read_rgb(Path(image)).permute(1, 2, 0).contiguous().numpy()
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise DataError(f"an image array must be (H, W, 3) uint8 RGB; got shape {image.shape} dtype {image.dtype}")
+        return image
+    raise DataError(
+        f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or an (H, W, 3) uint8 array"
+    )
+
+
+def _class_set(value: str | ClassSet) -> ClassSet:
+    if isinstance(value, ClassSet):
+        return value
+    try:
+        return get_class_set(value)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _model_class_set(model: nn.Module) -> ClassSet:
+    from proca.models.metadata import class_set_for
+
+    num = getattr(model, "num_classes", None)
+    if num is None:
+        raise ConfigError(
+            f"the model ({type(model).__name__}) has no num_classes; give a proca network or a checkpoint path"
+        )
+    name = class_set_for(int(num))
+    if name is None:
+        raise ConfigError(
+            f"the model predicts {num} classes; proca.predict maps 19 (cityscapes19) or 16 (synthia16) classes"
+        )
+    return get_class_set(name)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(
+    checkpoint_or_model: str | os.PathLike[str] | nn.Module,
+    image: Any,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    input_size: tuple[int, int] | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Segment one photo: train ids at the photo's own size.
+
+    Args:
+        checkpoint_or_model: a proca ``.safetensors`` checkpoint or a released ``.pth`` file (loaded
+            with the safe loader; pass the loaded model instead to predict many photos), or a proca
+            network with ``num_classes`` 19 (cityscapes19) or 16 (synthia16). A model is run in eval
+            mode (its mode is restored afterwards) where its parameters are; it must be on ``device``.
+        image: a path (str or Path), a PIL image, or an (H, W, 3) uint8 RGB numpy array.
+        scales: test scales, e.g. ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``.
+        flip: also average the horizontally flipped prediction.
+        input_size: (h, w) network input; default: the checkpoint's ``eval_input_size`` pixel count
+            (512x1024 for a model object) at the photo's aspect ratio.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+
+    Returns:
+        uint8 train ids of the class set (the model predicts no ignore).
+
+    Shape:
+        image: (H, W, 3) -> (H, W).
+
+    Raises:
+        CheckpointError: a missing or unreadable checkpoint.
+        DataError: an unreadable image.
+        ConfigError: a model with another class count, or on another device than ``device``.
+    """
+    from torchvision import tv_tensors
+
+    from proca.data.transforms import test_transform
+    from proca.engine.device import resolve_device
+    from proca.engine.predict import aspect_input_size, load_for_inference, predict_probs
+
+    dev = resolve_device(device)
+    photo = _photo(image)
+    if isinstance(checkpoint_or_model, nn.Module):
+        model = checkpoint_or_model
+        _model_class_set(model)
+        where = _model_device(model)
+        if where.type != dev.type or (dev.index is not None and where.index != dev.index):
+            raise ConfigError(f"the model is on {where} but device={str(device)!r}; pass device={str(where)!r}")
+        reference = DEFAULT_REFERENCE
+    else:
+        model, _, meta = load_for_inference(checkpoint_or_model, dev)
+        size = meta.get("eval_input_size") or DEFAULT_REFERENCE
+        reference = (int(size[0]), int(size[1]))
+    h, w = photo.shape[:2]
+    size = (int(input_size[0]), int(input_size[1])) if input_size is not None else aspect_input_size((h, w), reference)
+    pixels = tv_tensors.Image(torch.from_numpy(np.array(photo, dtype=np.uint8)).permute(2, 0, 1))
+    x = test_transform(size)(pixels).as_subclass(torch.Tensor).float()
+    was_training = model.training
+    model.eval()
+    try:
+        probs = predict_probs(model, x[None].to(dev), out_size=(h, w), scales=scales, flip=flip)
+    finally:
+        model.train(was_training)
+    return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+def colorize(ids: np.ndarray, class_set: str | ClassSet = "cityscapes19") -> np.ndarray:
+    """The official colours of train ids (ignore, 255, and unknown ids: black).
+
+    Args:
+        ids: train ids of ``class_set``.
+        class_set: ``cityscapes19``, ``synthia16`` or a :class:`~proca.data.classes.ClassSet`.
+
+    Shape:
+        ids: (H, W) -> (H, W, 3) uint8.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise DataError(f"train ids must be an (H, W) array; got shape {ids.shape}")
+    return _class_set(class_set).colorize(ids.astype(np.uint8))
+
+
+def overlay(
+    image: Any, ids: np.ndarray, *, alpha: float = 0.5, class_set: str | ClassSet = "cityscapes19"
+) -> np.ndarray:
+    """Blend the class colours over the photo, ``(1 - alpha) * photo + alpha * colour`` (ignore: the photo).
+
+    Args:
+        image: a path, a PIL image or an (H, W, 3) uint8 RGB array.
+        ids: train ids of ``class_set`` at the image's size.
+        alpha: weight of the colours, in [0, 1].
+        class_set: ``cityscapes19``, ``synthia16`` or a :class:`~proca.data.classes.ClassSet`.
+
+    Shape:
+        image: (H, W, 3); ids: (H, W) -> (H, W, 3) uint8.
+    """
+    from proca.engine.encode import overlay as blend
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1]; got {alpha}")
+    photo = _photo(image)
+    ids = np.asarray(ids)
+    if ids.shape != photo.shape[:2]:
+        raise DataError(f"train ids of shape {ids.shape} do not match the image's (H, W) {photo.shape[:2]}")
+    return blend(photo, ids.astype(np.uint8), _class_set(class_set), alpha=alpha)
