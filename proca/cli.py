@@ -628,7 +628,14 @@ def export(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:
-    """Export a checkpoint to ONNX (or TorchScript), checked against PyTorch before it is written."""
+    """Export a checkpoint to ONNX (or TorchScript), checked against PyTorch before it is written.
+
+    Examples:
+
+    proca export ssl.safetensors ssl.onnx
+    proca export ssl.safetensors ssl-any-size.onnx --dynamic --output argmax
+    proca export ssl.safetensors ssl.pt --input-size 512x1024
+    """
     with _user_errors():
         from proca.engine.commands.export import run_export
 

@@ -22,7 +22,7 @@ from proca import __version__
 from proca.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "demo"]
+COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "export", "demo"]
 WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
 
 
@@ -116,6 +116,9 @@ def _tiny(command: str, args: list[str]) -> list[str]:
     if command in ("eval", "infer", "pseudo-label"):
         size = [] if "--input-size" in args else ["--input-size", "32x64"]
         return [*args, "--device", "cpu", *size]
+    if command == "export" and "--input-size" in args:
+        args = list(args)
+        args[args.index("--input-size") + 1] = "32x64"
     return args
 
 
@@ -135,7 +138,7 @@ def test_example_runs(command: str, example: str, workdir: Path, monkeypatch: py
         if flag in args and command not in ("train",):
             i = args.index(flag) + 1
             args[i] = str(Path("out") / example.replace(" ", "_").replace("/", "_")[:60] / args[i])
-    if command == "convert":
+    if command in ("convert", "export"):
         args[2] = str(Path("out") / args[2])
         Path("out").mkdir(exist_ok=True)
     if command == "train" and "--stage" in args:
