@@ -657,6 +657,9 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the demo's results as JSON.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing --out.")] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, metavar="N", help="CPU threads for torch (default: all).")
+    ] = None,
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
 
@@ -664,11 +667,12 @@ def demo(
 
     proca demo
     proca demo --out proca-demo --seed 1 --json demo.json
+    proca demo --threads 2
     """
     with _user_errors():
         from proca.engine.demo import run_demo
 
-        run_demo(out=out, seed=seed, json_path=json_path, force=force)
+        run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
 
 
 def main() -> None:

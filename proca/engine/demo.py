@@ -123,15 +123,22 @@ def _save_examples(run_dir: Path, data_root: Path, out_dir: Path, cfg: Any, coun
 
 
 def run_demo(
-    *, out: Path = Path("proca-demo"), seed: int = 0, json_path: Path | None = None, force: bool = False
+    *,
+    out: Path = Path("proca-demo"),
+    seed: int = 0,
+    json_path: Path | None = None,
+    force: bool = False,
+    threads: int | None = None,
 ) -> dict:
     """CLI entry of ``proca demo``: synthetic scenes -> every stage -> table, examples and JSON.
 
     Args:
         out: folder for ``data/`` (the scenes), ``run/`` (the recipe's run folder) and ``examples/``.
         seed: seed of the scenes and of the training.
-        json_path: where to write ``source_only_miou``, ``proca_miou``, ``final_miou``, ``seconds``.
+        json_path: where to write ``source_only_miou``, ``proca_miou``, ``final_miou``, ``seconds``; with a
+            finished demo already in ``out`` (and no ``force``), its results are written there without retraining.
         force: start over in an existing ``out``.
+        threads: torch threads for the run (None: ``DEMO_SETTINGS["threads"]``, else torch's default).
 
     Returns:
         The summary written to ``json_path``.
@@ -149,12 +156,20 @@ def run_demo(
     out = Path(out)
     if json_path is not None and Path(json_path).is_dir():
         raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
+    finished = out / "demo.json"
+    if json_path is not None and finished.is_file() and not force:
+        # the results of the demo already in ``out``: no need to train again
+        summary = json.loads(finished.read_text(encoding="utf-8"))
+        atomic_write_json(json_path, summary)
+        console.print(f"wrote the results of the demo in {out} to {json_path} (nothing retrained; --force reruns)")
+        return summary
     if out.exists() and any(out.iterdir()) and not force:
         raise ProcaError(f"--out {out} already holds a demo; use --force to run it again, or another --out.")
     start = time.perf_counter()
     threads = torch.get_num_threads()
-    if DEMO_SETTINGS["threads"]:
-        torch.set_num_threads(int(DEMO_SETTINGS["threads"]))
+    wanted = threads or DEMO_SETTINGS["threads"]
+    if wanted:
+        torch.set_num_threads(int(wanted))
     try:
         for name in ("run", "examples"):
             if (out / name).exists():

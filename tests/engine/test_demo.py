@@ -56,3 +56,7 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path: Path, monkeypatc
     assert strip.shape == (32, 5 * 64, 3) and strip[:, :64].std() > 5  # photo | truth | 3 predictions
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
+    later = tmp_path / "later.json"  # the JSON of a finished demo, without training again
+    reused = CliRunner().invoke(app, ["demo", "--out", str(out), "--json", str(later), "--threads", "1"])
+    assert reused.exit_code == 0 and "nothing retrained" in reused.output, reused.output
+    assert json.loads(later.read_text()) == summary
