@@ -166,7 +166,7 @@ def run_demo(
     if out.exists() and any(out.iterdir()) and not force:
         raise ProcaError(f"--out {out} already holds a demo; use --force to run it again, or another --out.")
     start = time.perf_counter()
-    threads = torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
     wanted = threads or DEMO_SETTINGS["threads"]
     if wanted:
         torch.set_num_threads(int(wanted))
@@ -196,7 +196,7 @@ def run_demo(
             )
         examples = _save_examples(out / "run", data, out / "examples", cfg, int(DEMO_SETTINGS["examples"]))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous_threads)
     seconds = round(time.perf_counter() - start, 1)
     summary = {
         "source_only_miou": results["source"]["miou"],

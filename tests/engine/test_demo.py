@@ -40,7 +40,13 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path: Path, monkeypatc
     monkeypatch.setitem(demo.DEMO_SETTINGS, "threads", 1)
     threads = torch.get_num_threads()
     out, report = tmp_path / "demo", tmp_path / "demo.json"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--json", str(report), "--seed", "1"])
+    asked: list[int] = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (asked.append(n), real_set(n))[1])
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--json", str(report), "--seed", "1", "--threads", "2"]
+    )
+    assert asked[0] == 2  # --threads wins over DEMO_SETTINGS
     assert result.exit_code == 0, result.output
     assert torch.get_num_threads() == threads
     summary = json.loads(report.read_text())
