@@ -637,6 +637,7 @@ def export(
     proca export ssl.safetensors ssl.pt --input-size 512x1024
     """
     with _user_errors():
+        _existing_checkpoint(checkpoint)
         from proca.engine.commands.export import run_export
 
         run_export(
