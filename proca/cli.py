@@ -141,10 +141,6 @@ class SourceName(str, Enum):
     synthia = "synthia"
 
 
-class TargetName(str, Enum):
-    cityscapes = "cityscapes"
-
-
 class Stage(str, Enum):
     all = "all"
     source = "source"
@@ -274,8 +270,24 @@ def train(
         ),
     ] = None,
     tgt: Annotated[
-        TargetName | None,
-        typer.Option("--tgt", help="Unlabelled target dataset (default: cityscapes).", rich_help_panel=_DATA),
+        str | None,
+        typer.Option(
+            "--tgt",
+            metavar="TARGET",
+            help="Unlabelled target: cityscapes (default), a dataset card (.yaml/.yml/.json) or a folder/glob of "
+            "images of any size (searched recursively).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    tgt_val: Annotated[
+        str | None,
+        typer.Option(
+            "--tgt-val",
+            metavar="DIR",
+            help="Labelled data to validate on: a Cityscapes folder, a dataset card or a built-in dataset "
+            "(default: the target's own labels; none for a folder of images: validation is skipped).",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     data_root: Annotated[
         Path,
@@ -420,6 +432,7 @@ def train(
     proca train --src gtav --gpus 4 --backbone-weights resnet101-5d3b4d8f.pth
     proca train --out runs/smoke --stage source --arch deeplabv2_resnet18
     proca train --src synthia --set proca.temperature=0.1 --print-config
+    proca train --src gtav --tgt my_footage/ --out runs/gta2mine --print-config
     proca train --out runs/gta2city --resume
     """
     with _user_errors():
@@ -432,13 +445,14 @@ def train(
             "amp": amp.value if amp else None,
             "channels_last": channels_last,
             "checkpoint_every": checkpoint_every,
+            "tgt_val": tgt_val,
             "iters": iters,
             "batch_size": batch_size,
             "input_size": _parse_size(input_size),
         }
         cfg = train_config(
             src=src.value if src else None,
-            tgt=tgt.value if tgt else None,
+            tgt=tgt,
             config_file=config,
             overrides=list(set_ or []),
             options=options,
@@ -508,7 +522,18 @@ def pseudo_label(
 def eval_(
     checkpoint: CkptArg,
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split.")] = "val",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            metavar="DATASET",
+            help="What to score on: a built-in dataset under --data-root (cityscapes), a dataset card with "
+            "labels (.yaml/.yml/.json) or a Cityscapes folder.",
+        ),
+    ] = "cityscapes",
+    split: Annotated[
+        str, typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset or Cityscapes folder.")
+    ] = "val",
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
@@ -523,13 +548,14 @@ def eval_(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
 ) -> None:
-    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models).
+    """Evaluate a checkpoint on Cityscapes or a dataset card (mIoU; mIoU13 too for SYNTHIA models).
 
     Examples:
 
     proca eval runs/x/ssl.safetensors --data-root datasets --json eval.json
     proca eval CKPT --data-root datasets --scales 0.5,1,1.5 --flip
     proca eval model_proca_ssl.pth --save-predictions preds --format color
+    proca eval CKPT --dataset my_labels.yaml --json eval.json
     """
     with _user_errors():
         _existing_checkpoint(checkpoint)
@@ -538,6 +564,7 @@ def eval_(
         run_eval(
             checkpoint,
             data_root=data_root,
+            dataset=dataset,
             split=split,
             scales=_parse_scales(scales),
             flip=flip,

@@ -258,7 +258,17 @@ class TrainConfig(_Model):
     """The whole recipe: data, model, run-time options and one sub-model per stage."""
 
     src: Literal["gtav", "synthia"] = "gtav"
-    tgt: Literal["cityscapes"] = "cityscapes"
+    tgt: str = Field(
+        "cityscapes",
+        description="Unlabelled target: a built-in dataset (cityscapes), a dataset card (.yaml/.yml/.json) or a "
+        "folder/glob of images (recorded as an absolute path).",
+    )
+    tgt_val: str | None = Field(
+        None,
+        description="Labelled data to validate on: a built-in dataset, a dataset card with labels or a Cityscapes "
+        "folder. None: the target's own labels (cityscapes val, a labelled card); a folder target has none, so "
+        "validation is skipped and each stage's last checkpoint is used.",
+    )
     class_set: Literal["cityscapes19", "synthia16"] = "cityscapes19"
     method: Literal["prototype", "memory-bank"] = Field(
         "prototype", description="Adaptation loss of the proca stage: prototype (the paper) or memory-bank."
@@ -283,6 +293,17 @@ class TrainConfig(_Model):
     ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)  # type: ignore[arg-type]
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     adamw: AdamWConfig = Field(default_factory=AdamWConfig)  # type: ignore[arg-type]
+
+    @field_validator("tgt", "tgt_val")
+    @classmethod
+    def _canonical_target(cls, value: str | None) -> str | None:
+        from proca.data.targets import canonical_spec
+
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("give a built-in dataset name, a dataset card or a folder/glob of images")
+        return canonical_spec(value)
 
     @field_validator("arch")
     @classmethod
@@ -332,10 +353,19 @@ are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its
 def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
     """Return a deep copy of the preset for ``src -> tgt`` as a plain dict.
 
+    A target of your own (a dataset card or a folder/glob of images, anything but a built-in name) gets the
+    ``<src>->cityscapes`` recipe with ``tgt`` set to it: its images are resized to the same target sizes.
+
     Raises:
         ConfigError: no preset for that pair.
     """
+    from proca.data.targets import is_builtin
+
     key = f"{src}->{tgt}"
+    if key not in PRESETS and not is_builtin(tgt) and f"{src}->cityscapes" in PRESETS:
+        data = copy.deepcopy(PRESETS[f"{src}->cityscapes"])
+        data["tgt"] = tgt
+        return data
     if key not in PRESETS:
         raise ConfigError(f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)}.")
     return copy.deepcopy(PRESETS[key])
@@ -492,6 +522,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "amp": ("amp",),
     "channels_last": ("channels_last",),
     "checkpoint_every": ("checkpoint_every",),
+    "tgt_val": ("tgt_val",),
     "iters": ("source.iters", "proca.iters", "ssl.iters"),
     "batch_size": ("source.batch_size", "proca.batch_size", "ssl.batch_size"),
     "input_size": (

@@ -20,6 +20,7 @@ VALUES: dict[str, tuple[Any, Any, Any]] = {
     "amp": ("bf16", "fp16", "none"),
     "channels_last": (True, False, True),
     "checkpoint_every": (7, 8, 9),
+    "tgt_val": ("/data/a.yaml", "/data/b", "cityscapes"),
     "iters": (40, 50, 60),
     "batch_size": (4, 6, 10),
     "input_size": ([64, 128], [32, 64], [96, 192]),

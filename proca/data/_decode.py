@@ -35,7 +35,7 @@ RAW_ID_RANGES: dict[str, tuple[int, tuple[int, ...]]] = {
 
 
 def read_rgb(path: str | os.PathLike[str], layout: str = "") -> torch.Tensor:
-    """Decode an image file (PNG or JPEG) to RGB.
+    """Decode an image file (PNG, JPEG or WebP) to RGB, turned upright by its EXIF orientation.
 
     Args:
         path: the image file.
@@ -50,10 +50,10 @@ def read_rgb(path: str | os.PathLike[str], layout: str = "") -> torch.Tensor:
     data = _read_bytes(path, "image", layout)
     try:
         with _quiet_torchvision_io():
-            return decode_image(data, mode=ImageReadMode.RGB)
+            return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError) as err:
         raise DataError(
-            f"cannot decode image {path} ({_first_line(err)}); expected a PNG or JPEG file{_hint(layout)}"
+            f"cannot decode image {path} ({_first_line(err)}); expected a PNG, JPEG or WebP file{_hint(layout)}"
         ) from None
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "SegmentationDataset",
     "SynthiaDataset",
     "cityscapes_root",
+    "pseudo_label_pairs",
     "read_list_file",
 ]
 
@@ -55,7 +56,7 @@ PSEUDO_LAYOUT = (
     "LABEL_DIR/<city>/<city>_<seq>_<frame>.png (proca) or LABEL_DIR/<city>_<seq>_<frame>_leftImg8bit.png "
     "(the release), single-channel or palette PNGs of train ids"
 )
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -421,6 +422,34 @@ class PseudoLabelDataset(SegmentationDataset):
         self.split = split
 
 
+def pseudo_label_pairs(
+    images: SegmentationDataset,
+    label_dir: str | os.PathLike[str],
+    *,
+    class_set: ClassSet,
+    transform: Transform | None = None,
+) -> SegmentationDataset:
+    """Any dataset's images paired with the pseudo labels ``LABEL_DIR/<name>.png`` written for them.
+
+    The names are the image dataset's (for a folder of images: the path under the folder without suffix), so
+    nested folders keep their structure and no two images share a label file.
+
+    Raises:
+        DataError: an image whose pseudo label is missing (the message names the first one).
+    """
+    label_dir = Path(label_dir)
+    layout = "LABEL_DIR/<image name>.png (train-id PNGs written by the pseudo-label stage for these images)"
+    _require_dir(label_dir, "pseudo-label", layout)
+    labels = [label_dir / f"{n}.png" for n in images.names]
+    _check_present(labels, "pseudo-label", layout)
+    lut = np.arange(256, dtype=np.uint8)
+    decoder = LabelDecoder(lut, "trainid", num_classes=class_set.num_classes, layout=layout)
+    return SegmentationDataset(
+        images.names, images.images, labels, decoder=decoder, class_set=class_set, transform=transform,
+        files=images.files, layout=layout,
+    )  # fmt: skip
+
+
 class ImageFolderDataset(SegmentationDataset):
     """Unlabelled images for inference, from files, folders (searched recursively) and glob patterns.
 
@@ -454,7 +483,9 @@ class ImageFolderDataset(SegmentationDataset):
                 paths.append(path)
                 names.append(unique)
         if not paths:
-            raise DataError(f"no images found in {', '.join(map(str, inputs)) or 'the inputs'}; give .png/.jpg files")
+            raise DataError(
+                f"no images found in {', '.join(map(str, inputs)) or 'the inputs'}; give .png/.jpg/.jpeg/.webp files"
+            )
         super().__init__(
             names, paths, None, decoder=None, class_set=None, transform=transform, files=[str(p) for p in paths]
         )
@@ -465,18 +496,18 @@ def _expand_input(item: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     path = Path(text)
     if path.is_file():
         if not path.name.lower().endswith(IMAGE_EXTENSIONS):
-            raise DataError(f"{path} is not a .png/.jpg/.jpeg image")
+            raise DataError(f"{path} is not a .png/.jpg/.jpeg/.webp image")
         return [(path, path.stem)]
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS))
         if not found:
-            raise DataError(f"folder {path} holds no .png/.jpg/.jpeg images")
+            raise DataError(f"folder {path} holds no .png/.jpg/.jpeg/.webp images")
         return [(p, p.relative_to(path).with_suffix("").as_posix()) for p in found]
     if glob.has_magic(text):
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
         found = [p for p in matches if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
         if not found:
-            raise DataError(f"the pattern {text!r} matches no .png/.jpg/.jpeg images")
+            raise DataError(f"the pattern {text!r} matches no .png/.jpg/.jpeg/.webp images")
         base = Path(text.split("*")[0].split("?")[0].split("[")[0])
         base = base if text.endswith(os.sep) or base.is_dir() else base.parent
         out = []

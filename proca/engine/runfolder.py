@@ -207,11 +207,12 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
         )
 
 
-def check_data_root(data_root: Path, src: str, stages: Sequence[str]) -> None:
-    """Fail before anything is written when the dataset folders the stages read are missing."""
+def check_data_root(data_root: Path, src: str, stages: Sequence[str], *, tgt: str = "cityscapes") -> None:
+    """Fail before anything is written when the dataset folders the stages read are missing (the target's only
+    when it is Cityscapes under ``data_root``; :func:`proca.data.targets.resolve_target` checks the others)."""
     from proca.data.datasets import CITYSCAPES_LAYOUT, GTA5_LAYOUT, SYNTHIA_LAYOUT
 
-    needed = [("cityscapes", CITYSCAPES_LAYOUT)]
+    needed = [("cityscapes", CITYSCAPES_LAYOUT)] if tgt == "cityscapes" else []
     if any(s in ("source", "prototypes", "proca") for s in stages):
         needed.insert(0, (src, GTA5_LAYOUT if src == "gtav" else SYNTHIA_LAYOUT))
     for name, layout in needed:

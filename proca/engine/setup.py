@@ -69,6 +69,13 @@ def stage_checkpoint(ctx: RunContext, stage: str, choice: str, *, key: str) -> P
     Raises:
         CheckpointError: the file does not exist.
     """
+    if choice == "best" and not ctx.validates:
+        # no labelled target data: no validation, so no best; the stage's last checkpoint stands in
+        path = ctx.path(CHECKPOINT_FILES["last"].format(stage=stage))
+        if path.is_file():
+            ctx.say(f"{key}: best -> last ({path.name}): the target has no labels to pick a best by")
+            return path
+        raise CheckpointError(f"{path} does not exist; run --stage {stage} first.")
     path = ctx.path(CHECKPOINT_FILES[choice].format(stage=stage))
     if path.is_file():
         return path

@@ -262,17 +262,13 @@ def source_stream(
 
 
 def target_dataset(ctx: RunContext, *, size: Sequence[int]) -> Dataset:
-    """The unlabelled target train set (Cityscapes train images), resized and normalised."""
-    from proca.data.datasets import CityscapesDataset
+    """The unlabelled target train set (Cityscapes train images, a card's or a folder's images), resized to
+    ``size`` whatever each image's own size, and normalised."""
+    from proca.data.targets import target_train_dataset
     from proca.data.transforms import target_train_transform
 
-    return CityscapesDataset(
-        ctx.data_root / "cityscapes",
-        split="train",
-        class_set=ctx.class_set,
-        labels=False,
-        transform=target_train_transform((int(size[0]), int(size[1]))),
-    )
+    transform = target_train_transform((int(size[0]), int(size[1])))
+    return target_train_dataset(ctx.target, ctx.data_root, class_set=ctx.class_set, transform=transform)
 
 
 def adaptation_streams(ctx: RunContext, plan: BatchPlan) -> list[Stream]:

@@ -210,6 +210,11 @@ def run_pipeline(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
     barrier()
+    if not ctx.validates:
+        ctx.say(
+            f"validation: skipped, the target {cfg.tgt} has no labels; each stage's last checkpoint is used "
+            "(give --tgt-val DIR with labelled data to validate)"
+        )
     for stage in stages:
         if stage == "prototypes" and cfg.method == "memory-bank":
             ctx.say("[dim]prototypes: not needed by --method memory-bank, skipped[/]")
@@ -233,9 +238,37 @@ def run_pipeline(
     return results
 
 
+def check_target(cfg: TrainConfig, data_root: Path) -> None:
+    """The target and the validation data exist and are well formed; a run without labelled target data asks
+    for no checkpoint that only validation can pick (``release``).
+
+    Raises:
+        ProcaError: a card's mistake, a folder without images, a missing --tgt-val, an ``init_from`` of release
+            without validation.
+    """
+    from proca.data.targets import resolve_eval_dataset, resolve_target
+
+    target = resolve_target(cfg.tgt, data_root)
+    if cfg.tgt_val is not None:
+        resolve_eval_dataset(cfg.tgt_val, data_root, split="val", flag="--tgt-val")
+    if cfg.tgt_val is None and not target.labelled:
+        for key, choice in (
+            ("prototypes.init_from", cfg.prototypes.init_from),
+            ("proca.init_from", cfg.proca.init_from),
+            ("pseudo_label.init_from", cfg.pseudo_label.init_from),
+        ):
+            if choice == "release":
+                raise ConfigError(
+                    f"{key}=release picks a checkpoint by validation, but the target {cfg.tgt} has no labels; "
+                    f"set {key}=last, or give --tgt-val DIR with labelled data."
+                )
+
+
 def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
-    """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
-    check_data_root(run.data_root, cfg.src, run.stages)
+    """What can be checked before anything is written: the dataset folders, the target and the ImageNet
+    weights file."""
+    check_data_root(run.data_root, cfg.src, run.stages, tgt=cfg.tgt)
+    check_target(cfg, run.data_root)
     weights = run.backbone_weights
     fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():

@@ -52,6 +52,7 @@ def run_eval(
     checkpoint: Path,
     *,
     data_root: Path = Path("datasets"),
+    dataset: str = "cityscapes",
     split: str = "val",
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
@@ -64,22 +65,24 @@ def run_eval(
     batch_size: int = 1,
     progress: bool = True,
 ) -> EvalResult:
-    """``proca eval``: evaluate a checkpoint on a Cityscapes split, print the table, write the requested files.
+    """``proca eval``: evaluate a checkpoint on a labelled dataset, print the table, write the requested files.
 
     The class set, architecture and default input size come from the checkpoint (a 16-class SYNTHIA model is
-    scored on Cityscapes mapped to its 16 classes, plus mIoU13).
+    scored on Cityscapes mapped to its 16 classes, plus mIoU13; a card's classes are mapped by name likewise).
 
     Args:
         data_root: the datasets folder holding ``cityscapes/``, or the Cityscapes folder itself (see
             :func:`proca.data.cityscapes_root`).
+        dataset: a built-in dataset name, a dataset card with labels or a Cityscapes folder
+            (:func:`proca.data.targets.resolve_eval_dataset`).
     """
     from proca import __version__
-    from proca.data.datasets import CityscapesDataset, cityscapes_root
+    from proca.data.datasets import CityscapesDataset
+    from proca.data.targets import resolve_eval_dataset
     from proca.data.transforms import test_transform
     from proca.io import atomic_write_json
 
     check_format(fmt, EVAL_FORMATS)
-    city_root = cityscapes_root(data_root)
     for flag, folder in (("--save-predictions", save_predictions), ("--report", report_dir)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise ConfigError(f"{flag} {folder} is a file; give a folder (new or existing).")
@@ -89,9 +92,11 @@ def run_eval(
     model, class_set, meta = load_for_inference(checkpoint, dev)
     size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
     size = (int(size[0]), int(size[1]))
-    dataset = CityscapesDataset(city_root, split=split, class_set=class_set, transform=test_transform(size))
+    data, title = resolve_eval_dataset(
+        dataset, data_root, split=split, class_set=class_set, transform=test_transform(size)
+    )
     if input_size is None:
-        check_eval_size(checkpoint, size, dataset.images[0] if len(dataset) else None)
+        check_eval_size(checkpoint, size, data.images[0] if len(data) else None)
 
     from proca.engine.report import ExampleCollector, write_report
 
@@ -109,7 +114,7 @@ def run_eval(
     try:
         result = evaluate(
             model,
-            dataset,
+            data,
             class_set=class_set,
             input_size=size,
             scales=scales,
@@ -126,17 +131,19 @@ def run_eval(
         {
             "checkpoint": str(checkpoint),
             "arch": meta.get("arch"),
+            "dataset": dataset,
             "split": split,
             "data_root": str(data_root),
-            "cityscapes_root": str(city_root),
+            **({"cityscapes_root": str(data.root)} if isinstance(data, CityscapesDataset) else {}),
+            **({"card": str(data.card.path)} if hasattr(data, "card") else {}),
             "input_size": list(size),
             "proca_version": __version__,
         }
     )
-    print_table(result, class_set, title=f"Cityscapes {split}")
+    print_table(result, class_set, title=title)
     if json_path is not None:
         atomic_write_json(json_path, result.to_json())
     if report_dir is not None:
         assert collector is not None
-        write_report(report_dir, result, class_set, collector.examples, title=f"{Path(checkpoint).name} on {split}")
+        write_report(report_dir, result, class_set, collector.examples, title=f"{Path(checkpoint).name} on {title}")
     return result
