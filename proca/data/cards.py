@@ -163,7 +163,7 @@ def _check_name(path: Path, key: str, name: Any) -> str:
 
 def _value_names(path: Path, classes: Any, label_format: str) -> tuple[tuple[int, str], ...]:
     if label_format == "labelid":
-        if classes is not None and classes not in CLASS_SETS:
+        if classes is not None and not (isinstance(classes, str) and classes in CLASS_SETS):
             raise _fail(
                 path, "classes", "label_format labelid reads Cityscapes label ids; give a built-in table "
                 f"({', '.join(CLASS_SETS)}) or leave classes out, or use label_format trainid for your own table."
