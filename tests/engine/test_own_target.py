@@ -153,5 +153,5 @@ def test_formats_exif_and_nested_names_reach_pseudo_labels_and_pair_back(tmp_pat
     (out / "clip.png").unlink()
     from proca.errors import DataError
 
-    with pytest.raises(DataError, match="clip.png does not exist"):
+    with pytest.raises(DataError, match=r"clip\.png does not exist"):
         pseudo_label_pairs(images, out, class_set=CITYSCAPES_19)
