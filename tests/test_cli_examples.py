@@ -100,6 +100,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "photos").mkdir()
     image = sorted((root / "datasets/cityscapes/leftImg8bit/val").glob("*/*.png"))[0]
     Image.open(image).convert("RGB").save(root / "photos" / "street.jpg")
+    for sub in ("images", "labels"):  # labelled data of one's own, described by a dataset card
+        (root / "my_data" / sub).mkdir(parents=True)
+    Image.open(image).convert("RGB").save(root / "my_data" / "images" / "street.png")
+    Image.new("L", Image.open(image).size, 0).save(root / "my_data" / "labels" / "street.png")
+    (root / "my_labels.yaml").write_text(
+        "images: my_data/images/*.png\nlabels: my_data/labels/{name}.png\nlabel_format: trainid\n"
+    )
     return root
 
 
