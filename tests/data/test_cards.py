@@ -215,3 +215,20 @@ def test_cards_as_validation_set_and_as_target(data: Path, tmp_path: Path) -> No
     result = runner.invoke(app, ["train", "--tgt", str(card), "--tgt-val", str(data / "nowhere"), "--out",
                                  str(tmp_path / "r3"), *tiny])  # fmt: skip
     assert result.exit_code == 2 and "--tgt-val" in result.output and not (tmp_path / "r3").exists()
+
+
+def test_the_full_example_card_of_docs_data_md_reads(tmp_path: Path) -> None:
+    """The card printed in docs/data.md is valid and means what the page says."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text(encoding="utf-8")
+    block = text.split("A full card:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    card_path = tmp_path / "card.yaml"
+    card_path.write_text(block)
+    (tmp_path / "images" / "day").mkdir(parents=True)
+    (tmp_path / "masks" / "day").mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / "images" / "day" / "a.jpg")
+    colours = np.array([[[128, 64, 128], [0, 0, 142], [0, 0, 0], [70, 130, 180]]] * 2, np.uint8)
+    Image.fromarray(colours).save(tmp_path / "masks" / "day" / "a_mask.png")
+    dataset = card_dataset(card_path)
+    assert dataset.card.name == "my-street" and dataset.names == ["day/a"]  # type: ignore[attr-defined]
+    road, car, sky = (CITYSCAPES_19.classes.index(n) for n in ("road", "car", "sky"))
+    assert dataset[0]["label"].numpy()[0].tolist() == [road, car, 255, sky]
