@@ -264,9 +264,12 @@ _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardwa
 @app.command()
 def train(
     src: Annotated[
-        SourceName | None,
+        str | None,
         typer.Option(
-            "--src", help="Labelled source dataset (default: the config's src, else gtav).", rich_help_panel=_DATA
+            "--src",
+            metavar="SOURCE",
+            help="Labelled source: gtav, synthia or a dataset card with labels (default: the config's src, else gtav).",
+            rich_help_panel=_DATA,
         ),
     ] = None,
     tgt: Annotated[
@@ -451,7 +454,7 @@ def train(
             "input_size": _parse_size(input_size),
         }
         cfg = train_config(
-            src=src.value if src else None,
+            src=src,
             tgt=tgt,
             config_file=config,
             overrides=list(set_ or []),

@@ -257,7 +257,11 @@ class AdamWConfig(_Model):
 class TrainConfig(_Model):
     """The whole recipe: data, model, run-time options and one sub-model per stage."""
 
-    src: Literal["gtav", "synthia"] = "gtav"
+    src: str = Field(
+        "gtav",
+        description="Labelled source: gtav, synthia or a dataset card with labels (.yaml/.yml/.json; recorded as "
+        "an absolute path).",
+    )
     tgt: str = Field(
         "cityscapes",
         description="Unlabelled target: a built-in dataset (cityscapes), a dataset card (.yaml/.yml/.json) or a "
@@ -294,6 +298,18 @@ class TrainConfig(_Model):
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     adamw: AdamWConfig = Field(default_factory=AdamWConfig)  # type: ignore[arg-type]
 
+    @field_validator("src")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from proca.data.cards import is_card_path
+        from proca.data.targets import canonical_spec
+
+        if value in ("gtav", "synthia"):
+            return value
+        if is_card_path(value):
+            return canonical_spec(value)
+        raise ValueError(f"--src {value}: give gtav, synthia or a dataset card with labels (.yaml/.yml/.json)")
+
     @field_validator("tgt", "tgt_val")
     @classmethod
     def _canonical_target(cls, value: str | None) -> str | None:
@@ -316,10 +332,17 @@ class TrainConfig(_Model):
 
     @model_validator(mode="after")
     def _class_set_matches_source(self) -> TrainConfig:
+        if self.source_key == "card":
+            return self  # a card's labels map by name to either class set
         expected = "synthia16" if self.src == "synthia" else "cityscapes19"
         if self.class_set != expected:
             raise ValueError(f"class_set {self.class_set!r} does not fit src {self.src!r}; use {expected!r}")
         return self
+
+    @property
+    def source_key(self) -> str:
+        """``gtav``, ``synthia``, or ``card`` for a dataset card (names the generated label info file)."""
+        return self.src if self.src in ("gtav", "synthia") else "card"
 
     @property
     def num_classes(self) -> int:
@@ -359,15 +382,23 @@ def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
     Raises:
         ConfigError: no preset for that pair.
     """
+    from proca.data.cards import is_card_path
     from proca.data.targets import is_builtin
 
+    if is_card_path(src):  # a labelled card as the source: the GTA5 recipe, with the card's images and labels
+        data = preset("gtav", tgt)
+        data["src"] = src
+        return data
     key = f"{src}->{tgt}"
     if key not in PRESETS and not is_builtin(tgt) and f"{src}->cityscapes" in PRESETS:
         data = copy.deepcopy(PRESETS[f"{src}->cityscapes"])
         data["tgt"] = tgt
         return data
     if key not in PRESETS:
-        raise ConfigError(f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)}.")
+        raise ConfigError(
+            f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)} (--src also takes a dataset "
+            "card, --tgt a card or a folder of images)."
+        )
     return copy.deepcopy(PRESETS[key])
 
 

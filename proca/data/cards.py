@@ -44,6 +44,7 @@ from proca.errors import DataError
 
 if TYPE_CHECKING:
     from proca.data.datasets import SegmentationDataset, Transform
+    from proca.data.label_info import LabelInfo
 
 __all__ = [
     "CARD_KEYS",
@@ -51,6 +52,7 @@ __all__ = [
     "LABEL_FORMATS",
     "DatasetCard",
     "card_dataset",
+    "card_label_info",
     "expand_images",
     "is_card_path",
     "load_card",
@@ -425,23 +427,41 @@ def card_dataset(
     class_set: ClassSet = CITYSCAPES_19,
     labels: bool = True,
     transform: Transform | None = None,
+    files: Sequence[str] | None = None,
+    needs_labels: str | None = None,
 ) -> SegmentationDataset:
     """The card's images (and labels, when it has them and ``labels``) as a dataset of ``class_set`` train ids.
 
     ``sample["name"]`` is the image's path under the images glob's folder without suffix.
 
+    Args:
+        files: only these names, in this order (a label info's ``files``).
+        needs_labels: the option the card was given to (``--src``, ``--dataset``): a card without labels is
+            refused, naming it.
+
     Raises:
-        DataError: the images glob matches nothing, an image without a label, or (when read) a label value
-            outside the format.
+        DataError: the images glob matches nothing, an image without a label, a name of ``files`` the card does
+            not have, or (when read) a label value outside the format.
     """
     from proca.data.datasets import SegmentationDataset
 
     if not isinstance(card, DatasetCard):
         card = load_card(card)
+    if needs_labels is not None and not card.labelled:
+        raise card.error("labels", f"missing; {needs_labels} reads labels, so the card needs them.")
     images = expand_images(card.images)
     if not images:
         raise card.error("images", f"the glob {card.images} matches no .png/.jpg/.jpeg/.webp files; fix the glob.")
     images = _unique_names(card, images, labels and card.labelled)
+    if files is not None:
+        by_name = {n: (p, n) for p, n in images}
+        missing = next((f for f in files if f not in by_name), None)
+        if missing is not None:
+            raise card.error(
+                "images", f"the label info lists {missing!r}, which the card's images no longer hold; delete the "
+                "label info file (RUN/card_label_info.json) to scan the card again."
+            )  # fmt: skip
+        images = [by_name[f] for f in files]
     label_paths = _pair_labels(card, images) if labels and card.labelled else None
     decoder = CardLabelDecoder(card, class_set) if label_paths is not None else None
     dataset = SegmentationDataset(
@@ -456,3 +476,51 @@ def card_dataset(
     )
     dataset.card = card  # type: ignore[attr-defined]
     return dataset
+
+
+def card_label_info(
+    card: DatasetCard | str | os.PathLike[str], *, class_set: ClassSet, skip_bad: bool = False, progress: bool = False
+) -> LabelInfo:
+    """Scan a labelled card's labels into a :class:`~proca.data.label_info.LabelInfo` (for class-balanced
+    sampling of a card as the source); ``files`` are the card's image names.
+
+    Args:
+        skip_bad: leave out (and count) labels that cannot be read or hold values outside the format.
+
+    Raises:
+        DataError: a card without labels; with ``skip_bad`` off, the first unreadable or invalid label.
+    """
+    from proca.data.label_info import LabelInfo
+    from proca.engine.progress import ProgressBar
+
+    dataset = card_dataset(card, class_set=class_set, needs_labels="--src")
+    assert dataset.labels is not None and dataset.decoder is not None
+    files: list[str] = []
+    classes: dict[str, list[int]] = {}
+    counts: dict[str, list[int]] = {}
+    skipped: list[str] = []
+    with ProgressBar(len(dataset), "scanning card labels", enabled=progress) as bar:
+        for name, path in zip(dataset.names, dataset.labels, strict=True):
+            try:
+                ids = dataset.decoder(path)
+            except DataError:
+                if not skip_bad:
+                    raise
+                skipped.append(str(path))
+                bar.advance(1)
+                continue
+            hist = np.bincount(ids.ravel(), minlength=256)[: class_set.num_classes]
+            present = [int(c) for c in np.flatnonzero(hist)]
+            files.append(name)
+            classes[name] = present
+            counts[name] = [int(hist[c]) for c in present]
+            bar.advance(1)
+    return LabelInfo(
+        files=files,
+        file_to_classes=classes,
+        pixel_counts=counts,
+        num_classes=class_set.num_classes,
+        class_set=class_set.name,
+        dataset="card",
+        skipped=skipped,
+    )

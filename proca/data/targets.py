@@ -192,9 +192,7 @@ def resolve_eval_dataset(
         from proca.data.cards import card_dataset, load_card
 
         card = load_card(canonical)
-        if not card.labelled:
-            raise card.error("labels", f"missing; {flag} scores predictions against labels, so the card needs them.")
-        return card_dataset(card, class_set=class_set, transform=transform), card.name
+        return card_dataset(card, class_set=class_set, transform=transform, needs_labels=flag), card.name
     if Path(canonical).is_dir():
         from proca.data.datasets import CityscapesDataset, cityscapes_root
 

@@ -213,7 +213,7 @@ def check_data_root(data_root: Path, src: str, stages: Sequence[str], *, tgt: st
     from proca.data.datasets import CITYSCAPES_LAYOUT, GTA5_LAYOUT, SYNTHIA_LAYOUT
 
     needed = [("cityscapes", CITYSCAPES_LAYOUT)] if tgt == "cityscapes" else []
-    if any(s in ("source", "prototypes", "proca") for s in stages):
+    if any(s in ("source", "prototypes", "proca") for s in stages) and src in ("gtav", "synthia"):
         needed.insert(0, (src, GTA5_LAYOUT if src == "gtav" else SYNTHIA_LAYOUT))
     for name, layout in needed:
         folder = data_root / name

@@ -197,13 +197,31 @@ def step_batches(
 
 
 def source_root(ctx: RunContext) -> Path:
-    """``DATA_ROOT/gtav`` or ``DATA_ROOT/synthia``."""
+    """``DATA_ROOT/gtav`` or ``DATA_ROOT/synthia`` (a dataset card: the card's folder)."""
+    if ctx.cfg.source_key == "card":
+        return Path(ctx.cfg.src).parent
     return ctx.data_root / ctx.cfg.src
+
+
+def _card_label_info(ctx: RunContext, skip_bad: bool) -> Path:
+    """``RUN/card_label_info.json`` for a dataset card as the source, scanned here (rank 0) when missing."""
+    target = ctx.path("card_label_info.json")
+    if not any_flag(not target.is_file(), ctx.device):
+        return target
+    if ctx.is_main:
+        from proca.data.cards import card_label_info
+
+        ctx.say(f"label info: scanning the labels of {ctx.cfg.src} (once) -> {target}")
+        card_label_info(ctx.cfg.src, class_set=ctx.class_set, skip_bad=skip_bad, progress=ctx.progress).save(target)
+    barrier()
+    return target
 
 
 def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int = 1) -> Path:
     """The source label info: ``SRC_ROOT/<src>_label_info.json`` (or the release's ``.p``) if present,
     else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing."""
+    if ctx.cfg.source_key == "card":
+        return _card_label_info(ctx, skip_bad)
     root = source_root(ctx)
     candidates = (
         root / f"{ctx.cfg.src}_label_info.json",
@@ -238,6 +256,10 @@ def source_dataset(
 
     transform = source_train_transform((int(size[0]), int(size[1])), jitter=jitter and train)
     root = source_root(ctx)
+    if ctx.cfg.source_key == "card":
+        from proca.data.cards import card_dataset
+
+        return card_dataset(ctx.cfg.src, class_set=ctx.class_set, transform=transform, files=files)
     if ctx.cfg.src == "synthia":
         return SynthiaDataset(root, files=files, transform=transform)
     return GTA5Dataset(root, files=files, class_set=ctx.class_set, transform=transform)

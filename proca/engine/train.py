@@ -268,6 +268,12 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
     """What can be checked before anything is written: the dataset folders, the target and the ImageNet
     weights file."""
     check_data_root(run.data_root, cfg.src, run.stages, tgt=cfg.tgt)
+    if cfg.source_key == "card" and {"source", "prototypes", "proca"} & set(run.stages):
+        from proca.data.cards import card_dataset
+        from proca.data.classes import get_class_set
+
+        # the card's keys, its images, its labels and their pairing (label values are checked when read)
+        card_dataset(cfg.src, class_set=get_class_set(cfg.class_set), needs_labels="--src")
     check_target(cfg, run.data_root)
     weights = run.backbone_weights
     fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
@@ -282,7 +288,7 @@ def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
     """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
-        clear_run(run.out, cfg.src, run.stages)
+        clear_run(run.out, cfg.source_key, run.stages)
     if run.resume:
         check_resume_config(run.out, cfg)
 

@@ -232,3 +232,39 @@ def test_the_full_example_card_of_docs_data_md_reads(tmp_path: Path) -> None:
     assert dataset.card.name == "my-street" and dataset.names == ["day/a"]  # type: ignore[attr-defined]
     road, car, sky = (CITYSCAPES_19.classes.index(n) for n in ("road", "car", "sky"))
     assert dataset[0]["label"].numpy()[0].tolist() == [road, car, 255, sky]
+
+
+@pytest.mark.filterwarnings("ignore:no --backbone-weights")
+def test_a_card_as_the_source_counts_like_the_built_in_reader_and_trains(tmp_path: Path) -> None:
+    """GTA5's own files described by a card: the same label info as the GTA5 reader's, and every stage runs
+    with the card as --src (no gtav/ under --data-root)."""
+    from proca.data.cards import card_label_info
+    from proca.data.label_info import build_label_info
+    from proca.data.synthetic import write_synthetic_datasets
+
+    root = tmp_path / "datasets"
+    write_synthetic_datasets(root, seed=0, num_train=3, num_val=1, size=(32, 64), progress=False)
+    body = {"images": "images/*.png", "labels": "labels/{name}.png", "label_format": "labelid"}
+    card = _card(root / "gtav", "card.yaml", body)
+    ours = card_label_info(card, class_set=CITYSCAPES_19)
+    theirs = build_label_info("gtav", root / "gtav", workers=1)
+    assert ours.files == [Path(f).stem for f in theirs.files]
+    assert ours.file_to_classes == {Path(k).stem: v for k, v in theirs.file_to_classes.items()}
+    assert ours.pixel_counts == {Path(k).stem: v for k, v in (theirs.pixel_counts or {}).items()}
+
+    moved = tmp_path / "mine"
+    (root / "gtav").rename(moved)
+    run = tmp_path / "run"
+    args = ["train", "--src", str(moved / "card.yaml"), "--data-root", str(root), "--out", str(run)]
+    args += ["--arch", "deeplabv2_resnet18", "--input-size", "32x64", "--iters", "1", "--batch-size", "2"]
+    args += ["--set", "num_workers=0", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (run / "ssl.safetensors").is_file() and (run / "card_label_info.json").is_file()
+    assert json.loads((run / "config.json").read_text())["src"] == str(moved / "card.yaml")
+    unlabelled = _card(moved, "nolabels.yaml", {"images": "images/*.png"})
+    args[2], args[6] = str(unlabelled), str(tmp_path / "r2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "labels: missing; --src reads labels" in result.output
+    result = runner.invoke(app, ["train", "--src", "gta5", "--print-config"])
+    assert result.exit_code == 2 and "dataset card" in result.output
