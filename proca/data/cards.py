@@ -54,6 +54,7 @@ __all__ = [
     "card_dataset",
     "card_label_info",
     "expand_images",
+    "glob_base",
     "is_card_path",
     "load_card",
 ]
@@ -280,7 +281,7 @@ def load_card(path: str | os.PathLike[str]) -> DatasetCard:
     )
 
 
-def _glob_base(pattern: str) -> Path:
+def glob_base(pattern: str) -> Path:
     """The folder before the first wildcard of ``pattern`` (names are taken relative to it)."""
     parts = Path(pattern).parts
     fixed: list[str] = []
@@ -295,7 +296,7 @@ def _glob_base(pattern: str) -> Path:
 def expand_images(pattern: str) -> list[tuple[Path, str]]:
     """The image files a glob matches (sorted), each with its name: the path under the glob's base
     folder without suffix (``sub/frame_001``). Only .png, .jpg, .jpeg and .webp files count."""
-    base = _glob_base(pattern)
+    base = glob_base(pattern)
     found = sorted(
         Path(p) for p in glob.glob(pattern, recursive=True) if p.lower().endswith(IMAGE_SUFFIXES) and Path(p).is_file()
     )

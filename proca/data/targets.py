@@ -97,6 +97,16 @@ class Target:
         return self.card is not None and self.card.labelled
 
     @property
+    def folder(self) -> Path | None:
+        """The folder a folder target's images are searched in (a glob's fixed part); None for other kinds."""
+        if self.kind != "folder":
+            return None
+        from proca.data.cards import glob_base
+
+        path = Path(self.spec)
+        return path if path.is_dir() else glob_base(self.spec)
+
+    @property
     def title(self) -> str:
         """A short name for messages and tables."""
         if self.kind == "card":

@@ -275,6 +275,15 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
         # the card's keys, its images, its labels and their pairing (label values are checked when read)
         card_dataset(cfg.src, class_set=get_class_set(cfg.class_set), needs_labels="--src")
     check_target(cfg, run.data_root)
+    from proca.data.targets import resolve_target
+
+    folder = resolve_target(cfg.tgt, run.data_root).folder
+    out = run.out.absolute()
+    if folder is not None and (out == folder or folder in out.parents):
+        raise ConfigError(
+            f"--out {run.out} lies inside --tgt {cfg.tgt}: the run's pseudo labels would be read back as target "
+            "images; choose an --out outside the target folder."
+        )
     weights = run.backbone_weights
     fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():

@@ -155,3 +155,12 @@ def test_formats_exif_and_nested_names_reach_pseudo_labels_and_pair_back(tmp_pat
 
     with pytest.raises(DataError, match=r"clip\.png does not exist"):
         pseudo_label_pairs(images, out, class_set=CITYSCAPES_19)
+
+
+def test_a_run_folder_inside_the_target_folder_is_refused(source_only: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    _photo(photos / "a.jpg", 64, 32, seed=0)
+    args = ["train", "--tgt", str(photos), "--data-root", str(source_only), "--out", str(photos / "run")]
+    result = CliRunner().invoke(app, [*args, *TINY, *TINY_SET])
+    assert result.exit_code == 2 and "lies inside --tgt" in result.output
+    assert not (photos / "run").exists()
