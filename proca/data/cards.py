@@ -252,7 +252,8 @@ def load_card(path: str | os.PathLike[str]) -> DatasetCard:
             palette = _colors(path, "palette", data["palette"])
         else:
             by_name = {r.name: r.color for r in CITYSCAPES_LABELS}
-            palette = tuple(by_name[n] for _, n in sorted(value_names))
+            of_value = dict(value_names)  # entries for values no class uses are never looked up
+            palette = tuple(by_name[of_value[v]] if v in of_value else (0, 0, 0) for v in range(max(of_value) + 1))
         top = max(v for v, _ in value_names)
         if len(palette) <= top:
             raise _fail(
@@ -332,7 +333,8 @@ class CardLabelDecoder:
             try:
                 ids = read_label_ids(path, "trainid")
             except DataError as err:
-                raise card.error("label_format", f"{err} (label_format {card.label_format})") from None
+                hint = "; for colour labels use label_format palette" if "channels" in str(err) else ""
+                raise card.error("label_format", f"{err} (label_format {card.label_format}){hint}") from None
             bad = np.unique(ids[~self.valid[ids]])
             if bad.size:
                 shown = ", ".join(map(str, bad[:8].tolist())) + (", ..." if bad.size > 8 else "")

@@ -135,6 +135,13 @@ def test_card_labels_map_by_name_to_another_class_set_and_an_explicit_table(data
     ds = card_dataset(_card(data, "table.yaml", table))
     assert ds.names == ["x", "y"]
     assert ds[0]["label"].numpy()[0].tolist() == [13, 0, 255, 0]  # car, road, ignore, road in cityscapes19
+    # a sparse {value: name} table with palette labels: the default colours follow the values
+    colours = np.array([[[128, 64, 128], [0, 0, 142], [0, 0, 0], [0, 0, 0]]] * 4, np.uint8)  # road, car, ignore
+    Image.fromarray(colours).save(small / "x_c.png")
+    Image.fromarray(colours).save(small / "y_c.png")
+    sparse = {**table, "labels": "small/{stem}_c.png", "label_format": "palette", "classes": {2: "road", 9: "car"}}
+    ds = card_dataset(_card(data, "sparse.yaml", sparse))
+    assert ds[0]["label"].numpy()[0].tolist() == [0, 13, 255, 255]
 
 
 def _error(data: Path, body: dict[str, Any], *, read: bool = False) -> str:
@@ -176,6 +183,11 @@ def test_card_mistakes_are_named_by_key_with_the_fix(data: Path) -> None:
     assert "palette: only used with label_format palette" in msg
     msg = _error(data, {**CARDS["palette.yml"], "palette": [[1, 2]]})
     assert "palette: give a list of [R, G, B] colours" in msg
+    msg = _error(data, {**good, "labels": "colour/{name}.png"}, read=True)  # colour labels read as train ids
+    assert "label_format: label" in msg and "use label_format palette" in msg
+    sparse = {**CARDS["palette.yml"], "classes": {0: "road", 13: "car"}}  # default colours by value
+    msg = _error(data, sparse, read=True)
+    assert "neither in palette nor in ignore_colors" in msg  # the scenes hold more classes than road and car
     msg = _error(data, {k: v for k, v in good.items() if k != "label_format"})
     assert "label_format: missing" in msg
     (data / "broken.yaml").write_text("images: [unclosed\n")
