@@ -136,9 +136,11 @@ def resolve_target(spec: str, data_root: str | os.PathLike[str], *, flag: str = 
         return Target("builtin", text)
     canonical = canonical_spec(text)
     if is_card_path(text):
-        from proca.data.cards import load_card
+        from proca.data.cards import card_dataset, load_card
 
-        return Target("card", canonical, load_card(canonical))
+        card = load_card(canonical)
+        card_dataset(card)  # its images exist, and so does each one's label where the card has labels
+        return Target("card", canonical, card)
     path = Path(canonical)
     if path.is_dir() or glob.has_magic(text):
         from proca.data.datasets import ImageFolderDataset

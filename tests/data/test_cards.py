@@ -224,6 +224,9 @@ def test_cards_as_validation_set_and_as_target(data: Path, tmp_path: Path) -> No
         assert results["source"]["miou"] is not None and (run / "source.best.safetensors").is_file()
         config = json.loads((run / "config.json").read_text())
         assert config["tgt"] == tgt and config["tgt_val"] == (str(card) if tgt_val else None)
+    no_images = _card(data, "no_images.yaml", {**CARDS["trainid.json"], "images": "photos/*.webp"})
+    result = runner.invoke(app, ["train", "--tgt", str(no_images), "--out", str(tmp_path / "r4"), *tiny])
+    assert result.exit_code == 2 and "images: the glob" in result.output and not (tmp_path / "r4").exists()
     result = runner.invoke(app, ["train", "--tgt", str(card), "--tgt-val", str(data / "nowhere"), "--out",
                                  str(tmp_path / "r3"), *tiny])  # fmt: skip
     assert result.exit_code == 2 and "--tgt-val" in result.output and not (tmp_path / "r3").exists()
