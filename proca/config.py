@@ -376,21 +376,21 @@ are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its
 def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
     """Return a deep copy of the preset for ``src -> tgt`` as a plain dict.
 
-    A target of your own (a dataset card or a folder/glob of images, anything but a built-in name) gets the
-    ``<src>->cityscapes`` recipe with ``tgt`` set to it: its images are resized to the same target sizes.
+    A target without a preset of its own (a dataset card, a folder/glob of images, a built-in dataset other
+    than Cityscapes) gets the ``<src>->cityscapes`` recipe with ``tgt`` set to it: its images are resized to
+    the same target sizes.
 
     Raises:
         ConfigError: no preset for that pair.
     """
     from proca.data.cards import is_card_path
-    from proca.data.targets import is_builtin
 
     if is_card_path(src):  # a labelled card as the source: the GTA5 recipe, with the card's images and labels
         data = preset("gtav", tgt)
         data["src"] = src
         return data
     key = f"{src}->{tgt}"
-    if key not in PRESETS and not is_builtin(tgt) and f"{src}->cityscapes" in PRESETS:
+    if key not in PRESETS and f"{src}->cityscapes" in PRESETS:
         data = copy.deepcopy(PRESETS[f"{src}->cityscapes"])
         data["tgt"] = tgt
         return data

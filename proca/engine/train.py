@@ -246,11 +246,16 @@ def check_target(cfg: TrainConfig, data_root: Path) -> None:
         ProcaError: a card's mistake, a folder without images, a missing --tgt-val, an ``init_from`` of release
             without validation.
     """
-    from proca.data.targets import resolve_eval_dataset, resolve_target
+    from proca.data.classes import get_class_set
+    from proca.data.targets import resolve_eval_dataset, resolve_target, target_train_dataset, target_val_dataset
 
     target = resolve_target(cfg.tgt, data_root)
+    class_set = get_class_set(cfg.class_set)
+    target_train_dataset(target, data_root, class_set=class_set)  # a built-in's folder and images are there
     if cfg.tgt_val is not None:
-        resolve_eval_dataset(cfg.tgt_val, data_root, split="val", flag="--tgt-val")
+        resolve_eval_dataset(cfg.tgt_val, data_root, split="val", class_set=class_set, flag="--tgt-val")
+    elif target.labelled:
+        target_val_dataset(cfg.tgt, None, data_root, class_set=class_set)  # its validation labels are there
     if cfg.tgt_val is None and not target.labelled:
         for key, choice in (
             ("prototypes.init_from", cfg.prototypes.init_from),
