@@ -101,13 +101,13 @@ def test_a_card_scores_exactly_like_the_same_data_as_cityscapes(
 ) -> None:
     card = _card(data, card_name, CARDS[card_name])
     scores = []
-    for extra in (["--data-root", str(data)], ["--dataset", str(card)]):
+    for extra in (["--data-root", str(data)], ["--dataset", str(data / "cityscapes")], ["--dataset", str(card)]):
         out = tmp_path / "m.json"
         result = runner.invoke(app, ["eval", str(ckpt), *extra, "--json", str(out)])
         assert result.exit_code == 0, result.output
         metrics = json.loads(out.read_text())
         scores.append((metrics["miou"], metrics["num_images"], metrics["per_class"]))
-    assert scores[0] == scores[1] and scores[0][1] == 3
+    assert scores[0] == scores[1] == scores[2] and scores[0][1] == 3
     assert metrics["card"] == str(card) and metrics["dataset"] == str(card)
 
 
@@ -215,15 +215,20 @@ def test_cards_as_validation_set_and_as_target(data: Path, tmp_path: Path) -> No
     card = _card(data, "val.yaml", CARDS["trainid.json"])
     tiny = ["--arch", "deeplabv2_resnet18", "--input-size", "32x64", "--iters", "1", "--batch-size", "2"]
     tiny += ["--set", "num_workers=0", "--device", "cpu", "--stage", "source", "--data-root", str(root)]
-    for tgt, tgt_val in ((str(data / "photos"), ["--tgt-val", str(card)]), (str(card), [])):
-        run = tmp_path / f"run{len(tgt_val)}"
+    runs = [
+        (str(data / "photos"), ["--tgt-val", str(card)]),
+        (str(data / "photos"), ["--tgt-val", str(data / "cityscapes")]),  # a Cityscapes folder
+        (str(card), []),
+    ]
+    for i, (tgt, tgt_val) in enumerate(runs):
+        run = tmp_path / f"run{i}"
         result = runner.invoke(app, ["train", "--tgt", tgt, *tgt_val, "--out", str(run), *tiny])
         assert result.exit_code == 0, result.output
         assert "validation: skipped" not in result.output
         results = json.loads((run / "results.json").read_text())
         assert results["source"]["miou"] is not None and (run / "source.best.safetensors").is_file()
         config = json.loads((run / "config.json").read_text())
-        assert config["tgt"] == tgt and config["tgt_val"] == (str(card) if tgt_val else None)
+        assert config["tgt"] == tgt and config["tgt_val"] == (tgt_val[1] if tgt_val else None)
     no_images = _card(data, "no_images.yaml", {**CARDS["trainid.json"], "images": "photos/*.webp"})
     result = runner.invoke(app, ["train", "--tgt", str(no_images), "--out", str(tmp_path / "r4"), *tiny])
     assert result.exit_code == 2 and "images: the glob" in result.output and not (tmp_path / "r4").exists()
