@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         SegmentationDataset,
         SynthiaDataset,
         cityscapes_root,
+        pseudo_label_pairs,
         read_list_file,
     )
     from proca.data.label_info import LabelInfo, build_label_info, read_label_info, run_label_info
@@ -43,6 +44,7 @@ __all__ = [
     "build_label_info",
     "cityscapes_root",
     "get_class_set",
+    "pseudo_label_pairs",
     "read_label_info",
     "read_list_file",
     "run_label_info",
@@ -57,6 +59,7 @@ _LAZY = {
     "SegmentationDataset": "proca.data.datasets",
     "SynthiaDataset": "proca.data.datasets",
     "cityscapes_root": "proca.data.datasets",
+    "pseudo_label_pairs": "proca.data.datasets",
     "read_list_file": "proca.data.datasets",
     "LabelInfo": "proca.data.label_info",
     "build_label_info": "proca.data.label_info",
