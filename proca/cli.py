@@ -141,10 +141,6 @@ class SourceName(str, Enum):
     synthia = "synthia"
 
 
-class TargetName(str, Enum):
-    cityscapes = "cityscapes"
-
-
 class Stage(str, Enum):
     all = "all"
     source = "source"
@@ -238,7 +234,13 @@ def synth(
 
 @app.command("label-info")
 def label_info(
-    dataset: Annotated[SourceName, typer.Argument(help="Source dataset whose labels to scan.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help="Labelled dataset to scan: gtav, synthia, or a built-in one (acdc, bdd100k, mapillary, ...).",
+        ),
+    ],
     root: Annotated[Path, typer.Option("--root", help="Dataset root, e.g. datasets/gtav.")],
     out: Annotated[
         Path | None, typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
@@ -248,6 +250,10 @@ def label_info(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset (default: its first labelled one)."),
+    ] = None,
 ) -> None:
     """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
 
@@ -255,11 +261,12 @@ def label_info(
 
     proca label-info gtav --root datasets/gtav
     proca label-info synthia --root datasets/synthia --workers 8 --skip-bad
+    proca label-info bdd100k --root datasets --split train
     """
     with _user_errors():
         from proca.data.label_info import run_label_info
 
-        run_label_info(dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad)
+        run_label_info(dataset, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, split=split)
 
 
 _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardware", "Run folder and config"
@@ -274,8 +281,14 @@ def train(
         ),
     ] = None,
     tgt: Annotated[
-        TargetName | None,
-        typer.Option("--tgt", help="Unlabelled target dataset (default: cityscapes).", rich_help_panel=_DATA),
+        str | None,
+        typer.Option(
+            "--tgt",
+            metavar="NAME",
+            help="Target dataset, a built-in name: cityscapes (default), acdc, acdc_fog|night|rain|snow, dark_zurich, "
+            "bdd100k, mapillary (see docs/data.md).",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     data_root: Annotated[
         Path,
@@ -438,7 +451,7 @@ def train(
         }
         cfg = train_config(
             src=src.value if src else None,
-            tgt=tgt.value if tgt else None,
+            tgt=tgt,
             config_file=config,
             overrides=list(set_ or []),
             options=options,
@@ -508,7 +521,17 @@ def pseudo_label(
 def eval_(
     checkpoint: CkptArg,
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split.")] = "val",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            metavar="NAME",
+            help="Built-in dataset: cityscapes, acdc, acdc_fog|night|rain|snow, dark_zurich, bdd100k, mapillary.",
+        ),
+    ] = "cityscapes",
+    split: Annotated[
+        str | None, typer.Option("--split", metavar="SPLIT", help="Split (default: the dataset's val split).")
+    ] = None,
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
@@ -523,11 +546,12 @@ def eval_(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
 ) -> None:
-    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models).
+    """Evaluate a checkpoint on Cityscapes or another built-in dataset (mIoU; mIoU13 too for SYNTHIA models).
 
     Examples:
 
     proca eval runs/x/ssl.safetensors --data-root datasets --json eval.json
+    proca eval runs/x/ssl.safetensors --dataset acdc_night --data-root datasets
     proca eval CKPT --data-root datasets --scales 0.5,1,1.5 --flip
     proca eval model_proca_ssl.pth --save-predictions preds --format color
     """
@@ -538,6 +562,7 @@ def eval_(
         run_eval(
             checkpoint,
             data_root=data_root,
+            dataset=dataset,
             split=split,
             scales=_parse_scales(scales),
             flip=flip,

@@ -377,6 +377,34 @@ def _source_files(dataset: str, root: Path, list_file: str | os.PathLike[str] | 
     return label_dir, names
 
 
+def _builtin_files(
+    dataset: str,
+    root: str | os.PathLike[str],
+    split: str | None,
+    list_file: str | os.PathLike[str] | None,
+    class_set: ClassSet | None,
+) -> tuple[list[str], list[str], RawLabelSpace, ClassSet, Path]:
+    """(file identifiers, label paths, label space, class set, label root) of a built-in dataset's split."""
+    from proca.data.registry import BUILTIN_DATASETS
+
+    entry = BUILTIN_DATASETS.get(dataset)
+    if entry is None:
+        valid = [*_SOURCES, *(n for n, e in BUILTIN_DATASETS.items() if e.labelled_splits)]
+        raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(valid)}")
+    chosen = split if split is not None else entry.labelled_splits[0]
+    if not entry.has_labels(chosen):
+        raise DataError(
+            f"{dataset} has no labels for split {chosen!r}; labelled splits: {', '.join(entry.labelled_splits)}"
+        )
+    from proca.data.datasets import read_list_file
+
+    files = read_list_file(list_file) if list_file is not None else None
+    cset = class_set or CITYSCAPES_19
+    ds = entry.open(root, split=chosen, labels=True, class_set=cset, files=files, flag="--root")
+    assert ds.labels is not None
+    return list(ds.files), [str(p) for p in ds.labels], entry.raw, cset, entry.resolve_root(root, flag="--root")
+
+
 def build_label_info(
     dataset: str,
     root: str | os.PathLike[str],
@@ -386,13 +414,17 @@ def build_label_info(
     skip_bad: bool = False,
     progress: bool = False,
     class_set: ClassSet | None = None,
+    split: str | None = None,
 ) -> LabelInfo:
-    """Scan the label files of a source dataset (in parallel) into a :class:`LabelInfo`.
+    """Scan the label files of a labelled dataset (in parallel) into a :class:`LabelInfo`.
 
     Args:
-        dataset: ``"gtav"`` or ``"synthia"``.
-        root: dataset root (``datasets/gtav``).
-        list_file: scan only the files of this split list (default: every PNG of the label folder).
+        dataset: ``"gtav"``, ``"synthia"`` or a labelled built-in dataset (:mod:`proca.data.registry`: ``acdc``,
+            ``bdd100k``, ``mapillary``, ...).
+        root: dataset root (``datasets/gtav``; for a built-in dataset also the datasets folder).
+        list_file: scan only the files of this split list (default: every PNG of the label folder; for a built-in
+            dataset, every image of the split, named as in its ``.files``).
+        split: the split of a built-in dataset (default: its first labelled split, ``train`` but for Dark Zurich).
         workers: worker processes; 0 = one per CPU core, 1 = in this process.
         skip_bad: leave out (and count) unreadable or invalid label files instead of failing.
         progress: show a rich progress bar.
@@ -402,23 +434,28 @@ def build_label_info(
         The label info, ``files`` in list (or sorted) order.
     """
     if dataset not in _SOURCES:
-        raise DataError(f"unknown source dataset {dataset!r}; valid: {', '.join(_SOURCES)}")
-    default_set, raw, _, _ = _SOURCES[dataset]
-    cset = class_set or default_set
-    get_class_set(cset.name)  # workers look the class set up by name
-    root = Path(root)
-    if not root.is_dir():
-        from proca.data.datasets import GTA5_LAYOUT, SYNTHIA_LAYOUT
+        names, paths, raw, cset, where = _builtin_files(dataset, root, split, list_file, class_set)
+    else:
+        if split is not None:
+            raise DataError(f"--split applies to the built-in benchmark datasets, not {dataset} (it has one split)")
+        default_set, raw, _, _ = _SOURCES[dataset]
+        cset = class_set or default_set
+        root = Path(root)
+        if not root.is_dir():
+            from proca.data.datasets import GTA5_LAYOUT, SYNTHIA_LAYOUT
 
-        layout = GTA5_LAYOUT if dataset == "gtav" else SYNTHIA_LAYOUT
-        raise DataError(f"{dataset} root {root} does not exist; give the dataset folder, laid out as {layout}")
-    label_dir, names = _source_files(dataset, root, list_file)
-    jobs = [_ScanJob(str(label_dir / n), raw, cset.name) for n in names]
+            layout = GTA5_LAYOUT if dataset == "gtav" else SYNTHIA_LAYOUT
+            raise DataError(f"{dataset} root {root} does not exist; give the dataset folder, laid out as {layout}")
+        label_dir, names = _source_files(dataset, root, list_file)
+        paths = [str(label_dir / n) for n in names]
+        where = label_dir
+    get_class_set(cset.name)  # workers look the class set up by name
+    jobs = [_ScanJob(p, raw, cset.name) for p in paths]
     if workers <= 0:
         workers = os.cpu_count() or 1
     workers = min(workers, max(1, len(jobs)))
 
-    by_path = {str(label_dir / n): n for n in names}
+    by_path = dict(zip(paths, names, strict=True))
     file_to_classes: dict[str, list[int]] = {}
     pixel_counts: dict[str, list[int]] = {}
     skipped: list[str] = []
@@ -436,7 +473,7 @@ def build_label_info(
             advance(len(skipped))
     files = [n for n in names if n in file_to_classes]
     if not files:
-        raise DataError(f"no readable label files under {label_dir} ({len(skipped)} skipped)")
+        raise DataError(f"no readable label files under {where} ({len(skipped)} skipped)")
     return LabelInfo(
         files=files,
         file_to_classes=file_to_classes,
@@ -494,6 +531,7 @@ def run_label_info(
     list_file: str | os.PathLike[str] | None = None,
     workers: int = 0,
     skip_bad: bool = False,
+    split: str | None = None,
 ) -> Path:
     """CLI entry of ``proca label-info``: scan, write ``out`` (default ``ROOT/<dataset>_label_info.json``), report.
 
@@ -504,8 +542,18 @@ def run_label_info(
 
     console = Console(stderr=True, highlight=False)
     start = time.perf_counter()
-    info = build_label_info(dataset, root, list_file=list_file, workers=workers, skip_bad=skip_bad, progress=True)
-    target = Path(out) if out is not None else Path(root) / f"{dataset}_label_info.json"
+    info = build_label_info(
+        dataset, root, list_file=list_file, workers=workers, skip_bad=skip_bad, progress=True, split=split
+    )
+    if out is not None:
+        target = Path(out)
+    elif dataset in _SOURCES:
+        target = Path(root) / f"{dataset}_label_info.json"
+    else:
+        from proca.data.registry import get_dataset
+
+        suffix = "" if split is None else f"_{split}"
+        target = get_dataset(dataset).resolve_root(root, flag="--root") / f"{dataset}{suffix}_label_info.json"
     info.save(target)
     elapsed = time.perf_counter() - start
     per_class = info.class_to_files()

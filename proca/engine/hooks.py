@@ -95,11 +95,12 @@ def validate(ctx: RunContext, model: nn.Module, *, progress: bool | None = None)
     Returns:
         ``{"miou": percent, "per_class": {...}}`` (plus ``miou13`` for SYNTHIA classes).
     """
-    from proca.data.datasets import CityscapesDataset
+    from proca.data.registry import get_dataset
     from proca.engine.evaluate import evaluate
 
     cfg = ctx.cfg
-    dataset: Any = CityscapesDataset(ctx.data_root / "cityscapes", split="val", class_set=ctx.class_set)
+    target = get_dataset(cfg.tgt, flag="--tgt")
+    dataset: Any = target.open(ctx.data_root, split=target.val_split, labels=True, class_set=ctx.class_set)
     if cfg.eval.max_images is not None and cfg.eval.max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(cfg.eval.max_images))
     result = evaluate(

@@ -207,11 +207,13 @@ def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
         )
 
 
-def check_data_root(data_root: Path, src: str, stages: Sequence[str]) -> None:
+def check_data_root(data_root: Path, src: str, stages: Sequence[str], tgt: str = "cityscapes") -> None:
     """Fail before anything is written when the dataset folders the stages read are missing."""
-    from proca.data.datasets import CITYSCAPES_LAYOUT, GTA5_LAYOUT, SYNTHIA_LAYOUT
+    from proca.data.datasets import GTA5_LAYOUT, SYNTHIA_LAYOUT
+    from proca.data.registry import get_dataset
 
-    needed = [("cityscapes", CITYSCAPES_LAYOUT)]
+    target = get_dataset(tgt, flag="--tgt")
+    needed = [(target.folder, target.layout)]
     if any(s in ("source", "prototypes", "proca") for s in stages):
         needed.insert(0, (src, GTA5_LAYOUT if src == "gtav" else SYNTHIA_LAYOUT))
     for name, layout in needed:

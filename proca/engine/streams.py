@@ -262,15 +262,17 @@ def source_stream(
 
 
 def target_dataset(ctx: RunContext, *, size: Sequence[int]) -> Dataset:
-    """The unlabelled target train set (Cityscapes train images), resized and normalised."""
-    from proca.data.datasets import CityscapesDataset
+    """The unlabelled target train set (the train images of ``tgt``, see :mod:`proca.data.registry`), resized
+    and normalised."""
+    from proca.data.registry import get_dataset
     from proca.data.transforms import target_train_transform
 
-    return CityscapesDataset(
-        ctx.data_root / "cityscapes",
-        split="train",
-        class_set=ctx.class_set,
+    entry = get_dataset(ctx.cfg.tgt, flag="--tgt")
+    return entry.open(
+        ctx.data_root,
+        split=entry.train_split,
         labels=False,
+        class_set=ctx.class_set,
         transform=target_train_transform((int(size[0]), int(size[1]))),
     )
 

@@ -235,7 +235,7 @@ def run_pipeline(
 
 def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
     """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
-    check_data_root(run.data_root, cfg.src, run.stages)
+    check_data_root(run.data_root, cfg.src, run.stages, cfg.tgt)
     weights = run.backbone_weights
     fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
