@@ -258,3 +258,13 @@ def test_whole_recipe_with_a_benchmark_target(tmp_path: Path) -> None:
     assert steps[-1]["event"] == "eval" and 0 <= steps[-1]["miou"] <= 100  # validated on ACDC night val
     stages = set(json.loads((run / "results.json").read_text()))
     assert stages == {"source", "prototypes", "proca", "pseudo-label", "ssl"}
+
+
+def test_docs_vistas_table_matches_the_code() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "data.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1:4] for line in text.splitlines() if line.startswith("| ") and "`" in line]
+    table = {int(i): (n.strip(" `"), t.strip()) for i, n, t in rows if i.strip().isdigit()}
+    assert len(table) == 66
+    for vistas_id, (name, _, target) in enumerate(VISTAS_LABELS):
+        expected = f"{target} ({CITYSCAPES_19.classes.index(target)})" if target else "ignored (255)"
+        assert table[vistas_id] == (name, expected), vistas_id
