@@ -199,8 +199,8 @@ DataRootOpt = Annotated[
     typer.Option(
         "--data-root",
         metavar="DIR",
-        help="Folder holding cityscapes/ (as for proca train); the Cityscapes folder itself (with leftImg8bit/) "
-        "works too.",
+        help="Datasets folder holding cityscapes/ (or the --dataset's folder: acdc/, bdd100k/, ...), as for proca "
+        "train; the dataset folder itself (e.g. with leftImg8bit/) works too.",
     ),
 ]
 CkptArg = Annotated[
@@ -293,7 +293,10 @@ def train(
     data_root: Annotated[
         Path,
         typer.Option(
-            "--data-root", metavar="DIR", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA
+            "--data-root",
+            metavar="DIR",
+            help="Datasets folder holding gtav/, synthia/ and the target's folder (cityscapes/, acdc/, ...).",
+            rich_help_panel=_DATA,
         ),
     ] = Path("datasets"),
     skip_bad: Annotated[
