@@ -88,7 +88,7 @@ def _choose(all_files: list[str], files: Sequence[str] | None, what: str, image_
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataError(
-            f"{bad[0]!r}{more} is not a {what} image; file names are paths relative to {image_root}, "
+            f"{bad[0]!r}{more} is not among the {what} images; file names are paths relative to {image_root}, "
             f"such as {all_files[0]!r}"
         )
     return wanted

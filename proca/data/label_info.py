@@ -71,7 +71,7 @@ class LabelInfo:
             (None for the release's pickle, which has no counts).
         num_classes: number of train ids (None when unknown).
         class_set: class-set name such as ``"cityscapes19"`` (None when unknown).
-        dataset: ``"gtav"`` or ``"synthia"`` (None when unknown).
+        dataset: ``"gtav"``, ``"synthia"`` or a built-in dataset name such as ``"bdd100k"`` (None when unknown).
         skipped: files that could not be read and were left out.
     """
 

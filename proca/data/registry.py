@@ -29,6 +29,8 @@ __all__ = [
     "BuiltinDataset",
     "get_dataset",
     "open_pseudo_labelled",
+    "open_target_images",
+    "open_target_val",
 ]
 
 
@@ -249,6 +251,30 @@ def get_dataset(name: str, *, flag: str = "--dataset") -> BuiltinDataset:
         raise DataError(f"{flag} {name!r} is not a built-in dataset; valid: {', '.join(BUILTIN_DATASETS)}") from None
 
 
+def open_target_images(
+    name: str,
+    data_root: str | os.PathLike[str],
+    *,
+    class_set: ClassSet,
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> SegmentationDataset:
+    """The unlabelled training target of ``--tgt name``: the images of its train split."""
+    entry = get_dataset(name, flag="--tgt")
+    return entry.open(data_root, split=entry.train_split, labels=False, class_set=class_set, transform=transform)
+
+
+def open_target_val(
+    name: str,
+    data_root: str | os.PathLike[str],
+    *,
+    class_set: ClassSet,
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> SegmentationDataset:
+    """The labelled validation set of ``--tgt name``: its val split with labels."""
+    entry = get_dataset(name, flag="--tgt")
+    return entry.open(data_root, split=entry.val_split, labels=True, class_set=class_set, transform=transform)
+
+
 def open_pseudo_labelled(
     name: str,
     data_root: str | os.PathLike[str],
@@ -270,5 +296,5 @@ def open_pseudo_labelled(
         )
     from proca.data.benchmarks import pseudo_labelled
 
-    images = entry.open(data_root, split=entry.train_split, labels=False, class_set=class_set)
+    images = open_target_images(name, data_root, class_set=class_set)
     return pseudo_labelled(images, label_dir, class_set=class_set, transform=transform)

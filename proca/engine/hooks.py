@@ -95,12 +95,11 @@ def validate(ctx: RunContext, model: nn.Module, *, progress: bool | None = None)
     Returns:
         ``{"miou": percent, "per_class": {...}}`` (plus ``miou13`` for SYNTHIA classes).
     """
-    from proca.data.registry import get_dataset
+    from proca.data.registry import open_target_val
     from proca.engine.evaluate import evaluate
 
     cfg = ctx.cfg
-    target = get_dataset(cfg.tgt, flag="--tgt")
-    dataset: Any = target.open(ctx.data_root, split=target.val_split, labels=True, class_set=ctx.class_set)
+    dataset: Any = open_target_val(cfg.tgt, ctx.data_root, class_set=ctx.class_set)
     if cfg.eval.max_images is not None and cfg.eval.max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(cfg.eval.max_images))
     result = evaluate(

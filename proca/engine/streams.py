@@ -264,17 +264,11 @@ def source_stream(
 def target_dataset(ctx: RunContext, *, size: Sequence[int]) -> Dataset:
     """The unlabelled target train set (the train images of ``tgt``, see :mod:`proca.data.registry`), resized
     and normalised."""
-    from proca.data.registry import get_dataset
+    from proca.data.registry import open_target_images
     from proca.data.transforms import target_train_transform
 
-    entry = get_dataset(ctx.cfg.tgt, flag="--tgt")
-    return entry.open(
-        ctx.data_root,
-        split=entry.train_split,
-        labels=False,
-        class_set=ctx.class_set,
-        transform=target_train_transform((int(size[0]), int(size[1]))),
-    )
+    transform = target_train_transform((int(size[0]), int(size[1])))
+    return open_target_images(ctx.cfg.tgt, ctx.data_root, class_set=ctx.class_set, transform=transform)
 
 
 def adaptation_streams(ctx: RunContext, plan: BatchPlan) -> list[Stream]:

@@ -68,7 +68,9 @@ def test_acdc_errors_name_the_layout(tmp_path: Path) -> None:
         break
     with pytest.raises(DataError, match=r"ACDC label file .*_gt_labelIds.png does not exist; expected layout: ROOT/"):
         ACDCDataset(root, split="val", conditions="fog")
-    with pytest.raises(DataError, match="is not a ACDC fog train image; file names are paths relative to"):
+    with pytest.raises(
+        DataError, match=r"'x\.png' is not among the ACDC fog train images; file names are paths relative to"
+    ):
         ACDCDataset(root, split="train", conditions="fog", files=["x.png"])
 
 
