@@ -177,6 +177,18 @@ def test_label_info_of_benchmarks(tmp_path: Path) -> None:
     assert ds.files == acdc.files and len(ds) == 2
 
 
+def test_benchmark_as_a_class_balanced_source(tmp_path: Path) -> None:
+    from proca.data.sampler import ClassBalancedSampler
+
+    root = write_mapillary(tmp_path / "mapillary", per_split=3)
+    info = build_label_info("mapillary", root, workers=1)
+    ds = MapillaryVistasDataset(root, split="train", files=info.files)
+    sampler = ClassBalancedSampler(info, 12, num_classes=19, seed=0)
+    drawn = list(sampler)
+    assert len(drawn) == 12 and all(0 <= i < len(ds) for i in drawn)
+    assert ds[drawn[0]]["name"] == Path(info.files[drawn[0]]).stem
+
+
 def test_label_info_cli_writes_json(tmp_path: Path) -> None:
     from tests.reliability.conftest import invoke, output_of
 
