@@ -203,19 +203,20 @@ def source_root(ctx: RunContext) -> Path:
 
 def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int = 1) -> Path:
     """The source label info: ``SRC_ROOT/<src>_label_info.json`` (or the release's ``.p``) if present,
-    else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing."""
+    else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing. The file used is recorded in
+    ``RUN/inputs.json`` (path and SHA-256), so that ``--resume`` can refuse another or a changed one."""
+    from proca.engine.runfolder import check_label_info_identity, label_info_candidates
+
     root = source_root(ctx)
-    candidates = (
-        root / f"{ctx.cfg.src}_label_info.json",
-        root / f"{ctx.cfg.src}_label_info.p",
-        ctx.path(f"{ctx.cfg.src}_label_info.json"),
-    )
+    candidates = label_info_candidates(ctx.data_root, ctx.cfg.src, ctx.run_dir)
     found = next((c for c in candidates if c.is_file()), None)
     # a collective: every process has looked before process 0 may write the file below
     if not any_flag(found is None, ctx.device):
         assert found is not None
+        if ctx.is_main:
+            check_label_info_identity(ctx.run_dir, found, write=True)
         return found
-    target = ctx.path(f"{ctx.cfg.src}_label_info.json")
+    target = candidates[-1]
     if ctx.is_main:
         from proca.data.label_info import build_label_info
 
@@ -225,6 +226,10 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int =
             class_set=ctx.class_set,
         )  # fmt: skip
         info.save(target)
+        if info.skipped:
+            ctx.say(f"label info: {len(info.skipped)} of {len(info.skipped) + len(info.files)} files skipped "
+                    f"(--skip-bad: {info.skip_summary()}); they are not trained on")  # fmt: skip
+        check_label_info_identity(ctx.run_dir, target, write=True)
     barrier()
     return target
 
@@ -257,7 +262,12 @@ def source_stream(
         dataset = source_dataset(ctx, size=size, jitter=jitter, files=info.files)
         sampler = ClassBalancedSampler(info, total, num_classes=ctx.cfg.num_classes, seed=ctx.cfg.seed)
         return Stream(dataset, class_balanced_stream(sampler), stream_id)
-    dataset = source_dataset(ctx, size=size, jitter=jitter)
+    files = None
+    if ctx.skip_bad and ctx.label_info is not None:  # --skip-bad: only the pairs the label info kept
+        from proca.data.label_info import read_label_info
+
+        files = read_label_info(ctx.label_info).files
+    dataset = source_dataset(ctx, size=size, jitter=jitter, files=files)
     return Stream(dataset, uniform_stream(len(dataset), seed=ctx.cfg.seed, stream=stream_id), stream_id)  # type: ignore[arg-type]
 
 

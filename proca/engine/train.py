@@ -45,15 +45,19 @@ from proca.engine.launch import (
 )
 from proca.engine.runfolder import (
     FINAL_OUTPUTS,
+    INPUTS_FILE,
     STAGES,
     RunLock,
+    check_data_identity,
     check_data_root,
+    check_label_info_identity,
     check_resume_config,
     check_run_dir,
     clear_run,
+    find_label_info,
     stage_outputs,
 )
-from proca.errors import ConfigError
+from proca.errors import ConfigError, DataError
 from proca.io import atomic_write_json
 
 __all__ = ["STAGES", "RunOptions", "run_pipeline", "run_train", "seeded_run", "stage_outputs", "train_config"]
@@ -155,7 +159,7 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
-    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
+    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced or skip_bad):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
@@ -200,7 +204,13 @@ def run_pipeline(
 
     dist = dist or DistInfo()
     ctx = RunContext(
-        cfg=cfg, run_dir=run_dir, data_root=data_root, dist=dist, backbone_weights=backbone_weights, progress=progress
+        cfg=cfg,
+        run_dir=run_dir,
+        data_root=data_root,
+        dist=dist,
+        backbone_weights=backbone_weights,
+        progress=progress,
+        skip_bad=skip_bad,
     )
     results_path = run_dir / "results.json"
     results: dict[str, dict[str, Any]] = {}
@@ -234,8 +244,14 @@ def run_pipeline(
 
 
 def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
-    """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
+    """What can be checked before anything is written or loaded: ``--out`` can be written, the dataset folders
+    and the files the stages read are there (the validation labels included), the label info is current, and
+    the ImageNet weights file exists."""
+    from proca.io import check_writable
+
+    check_writable(run.out, "--out", folder=True)
     check_data_root(run.data_root, cfg.src, run.stages)
+    check_stage_data(cfg, run)
     weights = run.backbone_weights
     fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
@@ -245,13 +261,61 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
         )
 
 
+def check_stage_data(cfg: TrainConfig, run: RunOptions) -> None:
+    """The datasets the stages read list all their files (no decoding): the source pairs, the target train
+    images, the Cityscapes val images and labels every training stage validates on; and the label info the
+    source stages would use is current (:func:`proca.data.label_info.check_label_info_current`)."""
+    from proca.data.classes import get_class_set
+    from proca.data.datasets import CityscapesDataset, GTA5Dataset, SynthiaDataset
+
+    stages = set(run.stages)
+    class_set = get_class_set(cfg.class_set)
+    city = run.data_root / "cityscapes"
+    if stages & {"source", "prototypes", "proca"}:
+        src_root = run.data_root / cfg.src
+        if cfg.src == "synthia":
+            SynthiaDataset(src_root)
+        else:
+            GTA5Dataset(src_root, class_set=class_set)
+    if stages & {"proca", "pseudo-label", "ssl"}:
+        CityscapesDataset(city, split="train", class_set=class_set, labels=False)
+    if stages & {"source", "proca", "ssl"}:  # every training stage validates on Cityscapes val
+        try:
+            CityscapesDataset(city, split="val", class_set=class_set, labels=True)
+        except DataError as err:
+            raise DataError(f"{err} (every training stage validates on Cityscapes val, with its labels)") from None
+    uses_info = (cfg.source.class_balanced and "source" in stages) or (cfg.proca.class_balanced and "proca" in stages)
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if (uses_info or run.skip_bad) and stages & {"source", "proca"} and found is not None:
+        from proca.data.label_info import check_label_info_current, read_label_info
+
+        check_label_info_current(read_label_info(found), found, run.data_root / cfg.src, cfg.src, run_dir=run.out)
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
-    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
+    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing.
+
+    A run that continues in an existing folder (``--resume``, or one more ``--stage``) must read the data it
+    started on (``RUN/inputs.json``: data root, image names, label-info file); ``--resume`` also refuses changed
+    config keys other than :data:`~proca.engine.runfolder.RESUME_FREE`. ``RUN/inputs.json`` is written here.
+    """
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
         clear_run(run.out, cfg.src, run.stages)
+    flag = "--resume" if run.resume else f"--stage {run.stage}"
+    record = check_data_identity(run.out, run.data_root, cfg.src, flag=flag)
     if run.resume:
-        check_resume_config(run.out, cfg)
+        changes = check_resume_config(run.out, cfg)
+        if changes:
+            from rich.console import Console
+
+            shown = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+            Console(stderr=True, highlight=False).print(f"resume: {shown} ({run.out / 'config.json'} updated)")
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if found is not None and (run.out / INPUTS_FILE).is_file():
+        check_label_info_identity(run.out, found, write=False)
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.out / INPUTS_FILE, record)
 
 
 def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> dict[str, dict[str, Any]]:
