@@ -647,10 +647,14 @@ def run_label_info(
     """
     from rich.console import Console
 
+    from proca.io import check_writable
+
     console = Console(stderr=True, highlight=False)
+    target = Path(out) if out is not None else Path(root) / f"{dataset}_label_info.json"
+    if Path(root).is_dir():  # a missing root is named by the scan, with the expected layout
+        check_writable(target, "--out")
     start = time.perf_counter()
     info = build_label_info(dataset, root, list_file=list_file, workers=workers, skip_bad=skip_bad, progress=True)
-    target = Path(out) if out is not None else Path(root) / f"{dataset}_label_info.json"
     info.save(target)
     elapsed = time.perf_counter() - start
     per_class = info.class_to_files()

@@ -160,6 +160,8 @@ def test_unwritable_outputs_are_refused_before_work(data_root: Path, tmp_path: P
     assert_user_error(result, "--out", "cannot be created")
     result = _train(data_root, blocker)
     assert_user_error(result, "--out", "is a file")
+    result = invoke(["label-info", "gtav", "--root", data_root / "gtav", "--out", blocker / "info.json"])
+    assert_user_error(result, "--out", "cannot be created")
     assert blocker.read_text() == "x"
 
 
