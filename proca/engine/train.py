@@ -304,18 +304,17 @@ def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
         clear_run(run.out, cfg.src, run.stages)
     flag = "--resume" if run.resume else f"--stage {run.stage}"
     record = check_data_identity(run.out, run.data_root, cfg.src, flag=flag)
-    if run.resume:
-        changes = check_resume_config(run.out, cfg)
-        if changes:
-            from rich.console import Console
-
-            shown = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
-            Console(stderr=True, highlight=False).print(f"resume: {shown} ({run.out / 'config.json'} updated)")
+    changes = check_resume_config(run.out, cfg) if run.resume else {}
     found = find_label_info(run.data_root, cfg.src, run.out)
     if found is not None and (run.out / INPUTS_FILE).is_file():
         check_label_info_identity(run.out, found, write=False)
     run.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.out / INPUTS_FILE, record)
+    if changes:  # config.json is rewritten with them when the run starts
+        from rich.console import Console
+
+        shown = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+        Console(stderr=True, highlight=False).print(f"resume: {shown} ({run.out / 'config.json'} updated)")
 
 
 def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> dict[str, dict[str, Any]]:
