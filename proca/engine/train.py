@@ -16,7 +16,8 @@ ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best
 ``--stage all`` skips every stage whose final file exists. Training stages write their resumable
 state to ``RUN/state/<stage>.safetensors`` every ``checkpoint_every`` iterations; ``--resume``
 continues from it exactly. ``RUN/config.json`` holds the resolved configuration (torchrun's processes
-read it), ``RUN/results.json`` the validation results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
+read it), ``RUN/inputs.json`` the data it reads (checked on ``--resume``), ``RUN/results.json`` the validation
+results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
 """
 
 from __future__ import annotations
