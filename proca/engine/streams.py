@@ -237,9 +237,18 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int =
 def source_dataset(
     ctx: RunContext, *, size: Sequence[int], jitter: bool, files: Sequence[str] | None = None, train: bool = True
 ) -> Dataset:
-    """The source train set with the source transform (resize, optional colour augmentation, normalise)."""
+    """The source train set with the source transform (resize, optional colour augmentation, normalise).
+
+    With ``--skip-bad`` (and no ``files``) only the files the label info kept: the pairs it left out
+    (unreadable, image and label of different sizes) are never read.
+    """
     from proca.data.datasets import GTA5Dataset, SynthiaDataset
     from proca.data.transforms import source_train_transform
+
+    if files is None and ctx.skip_bad and ctx.label_info is not None:
+        from proca.data.label_info import read_label_info
+
+        files = read_label_info(ctx.label_info).files
 
     transform = source_train_transform((int(size[0]), int(size[1])), jitter=jitter and train)
     root = source_root(ctx)
@@ -262,12 +271,7 @@ def source_stream(
         dataset = source_dataset(ctx, size=size, jitter=jitter, files=info.files)
         sampler = ClassBalancedSampler(info, total, num_classes=ctx.cfg.num_classes, seed=ctx.cfg.seed)
         return Stream(dataset, class_balanced_stream(sampler), stream_id)
-    files = None
-    if ctx.skip_bad and ctx.label_info is not None:  # --skip-bad: only the pairs the label info kept
-        from proca.data.label_info import read_label_info
-
-        files = read_label_info(ctx.label_info).files
-    dataset = source_dataset(ctx, size=size, jitter=jitter, files=files)
+    dataset = source_dataset(ctx, size=size, jitter=jitter)
     return Stream(dataset, uniform_stream(len(dataset), seed=ctx.cfg.seed, stream=stream_id), stream_id)  # type: ignore[arg-type]
 
 

@@ -160,7 +160,8 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
-    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced or skip_bad):
+    balanced = cfg.source.class_balanced or cfg.proca.class_balanced
+    if (stage in ("source", "proca") and balanced) or (stage in ("source", "prototypes", "proca") and skip_bad):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)

@@ -238,3 +238,9 @@ def test_skip_bad_skips_image_label_size_mismatches(data_copy: Path, tmp_path: P
     result = _train(data_copy, run, "--skip-bad", "--set", "source.class_balanced=false")
     assert result.exit_code == 0, output_of(result)
     assert "1 of 8 files skipped (--skip-bad: 1 size mismatch)" in " ".join(output_of(result).split())
+    # the prototype pass reads every source file: the skipped pair is left out there too
+    result = invoke(["train", "--data-root", data_copy, "--out", run, "--stage", "prototypes", "--device", "cpu",
+                     "--arch", "deeplabv2_resnet18", "--input-size", "32x64", "--set", "num_workers=0",
+                     "--set", "source.class_balanced=false", "--skip-bad"])  # fmt: skip
+    assert result.exit_code == 0, output_of(result)
+    assert (run / "prototypes.safetensors").is_file() and "7/7" in output_of(result)
