@@ -203,6 +203,7 @@ DataRootOpt = Annotated[
         "train; the dataset folder itself (e.g. with leftImg8bit/) works too.",
     ),
 ]
+_SKIP_BAD_HELP = "Skip and count unreadable label files and image/label pairs of different sizes."
 CkptArg = Annotated[
     Path, typer.Argument(metavar="CKPT", help="A proca .safetensors checkpoint or a released .pth file.")
 ]
@@ -249,7 +250,7 @@ def label_info(
         Path | None, typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP)] = False,
     split: Annotated[
         str | None,
         typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset (default: its first labelled one)."),
@@ -299,9 +300,7 @@ def train(
             rich_help_panel=_DATA,
         ),
     ] = Path("datasets"),
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
-    ] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP, rich_help_panel=_DATA)] = False,
     arch: Annotated[
         str | None,
         typer.Option(

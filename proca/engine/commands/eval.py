@@ -77,9 +77,10 @@ def run_eval(
         split: a labelled split (default: the dataset's validation split).
     """
     from proca import __version__
+    from proca.data.classes import get_class_set
     from proca.data.registry import get_dataset
     from proca.data.transforms import test_transform
-    from proca.io import atomic_write_json
+    from proca.io import atomic_write_json, check_writable
 
     check_format(fmt, EVAL_FORMATS)
     entry = get_dataset(dataset)
@@ -95,6 +96,15 @@ def run_eval(
             raise ConfigError(f"{flag} {folder} is a file; give a folder (new or existing).")
     if json_path is not None and Path(json_path).is_dir():
         raise ConfigError(f"--json {json_path} is a folder; give a file path such as {Path(json_path) / 'eval.json'}.")
+    for flag, target, is_folder in (
+        ("--json", json_path, False),
+        ("--save-predictions", save_predictions, True),
+        ("--report", report_dir, True),
+    ):
+        if target is not None:
+            check_writable(target, flag, folder=is_folder)
+    # images and labels are there, before the model loads (the class set only maps the label values)
+    entry.open(dataset_root, split=split, labels=True, class_set=get_class_set("cityscapes19"))
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
     size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
