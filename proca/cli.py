@@ -199,10 +199,11 @@ DataRootOpt = Annotated[
     typer.Option(
         "--data-root",
         metavar="DIR",
-        help="Folder holding cityscapes/ (as for proca train); the Cityscapes folder itself (with leftImg8bit/) "
-        "works too.",
+        help="Datasets folder holding cityscapes/ (or the --dataset's folder: acdc/, bdd100k/, ...), as for proca "
+        "train; the dataset folder itself (e.g. with leftImg8bit/) works too.",
     ),
 ]
+_SKIP_BAD_HELP = "Skip and count unreadable label files and image/label pairs of different sizes."
 CkptArg = Annotated[
     Path, typer.Argument(metavar="CKPT", help="A proca .safetensors checkpoint or a released .pth file.")
 ]
@@ -234,7 +235,13 @@ def synth(
 
 @app.command("label-info")
 def label_info(
-    dataset: Annotated[SourceName, typer.Argument(help="Source dataset whose labels to scan.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help="Labelled dataset to scan: gtav, synthia, or a built-in one (acdc, bdd100k, mapillary, ...).",
+        ),
+    ],
     root: Annotated[Path, typer.Option("--root", help="Dataset root, e.g. datasets/gtav.")],
     out: Annotated[
         Path | None, typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
@@ -243,7 +250,11 @@ def label_info(
         Path | None, typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP)] = False,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset (default: its first labelled one)."),
+    ] = None,
 ) -> None:
     """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
 
@@ -251,11 +262,12 @@ def label_info(
 
     proca label-info gtav --root datasets/gtav
     proca label-info synthia --root datasets/synthia --workers 8 --skip-bad
+    proca label-info bdd100k --root datasets --split train
     """
     with _user_errors():
         from proca.data.label_info import run_label_info
 
-        run_label_info(dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad)
+        run_label_info(dataset, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, split=split)
 
 
 _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardware", "Run folder and config"
@@ -277,8 +289,9 @@ def train(
         typer.Option(
             "--tgt",
             metavar="TARGET",
-            help="Unlabelled target: cityscapes (default), a dataset card (.yaml/.yml/.json) or a folder/glob of "
-            "images of any size (searched recursively).",
+            help="Unlabelled target: a built-in dataset (cityscapes (default), acdc, acdc_fog|night|rain|snow, "
+            "dark_zurich, bdd100k, mapillary), a dataset card (.yaml/.yml/.json) or a folder/glob of images of any "
+            "size (searched recursively); see docs/data.md.",
             rich_help_panel=_DATA,
         ),
     ] = None,
@@ -295,12 +308,13 @@ def train(
     data_root: Annotated[
         Path,
         typer.Option(
-            "--data-root", metavar="DIR", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA
+            "--data-root",
+            metavar="DIR",
+            help="Datasets folder holding gtav/, synthia/ and the target's folder (cityscapes/, acdc/, ...).",
+            rich_help_panel=_DATA,
         ),
     ] = Path("datasets"),
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
-    ] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP, rich_help_panel=_DATA)] = False,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -530,13 +544,16 @@ def eval_(
         typer.Option(
             "--dataset",
             metavar="DATASET",
-            help="What to score on: a built-in dataset under --data-root (cityscapes), a dataset card with "
-            "labels (.yaml/.yml/.json) or a Cityscapes folder.",
+            help="What to score on: a built-in dataset (cityscapes, acdc, acdc_fog|night|rain|snow, dark_zurich, "
+            "bdd100k, mapillary), a dataset card with labels (.yaml/.yml/.json) or a Cityscapes folder.",
         ),
     ] = "cityscapes",
     split: Annotated[
-        str, typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset or Cityscapes folder.")
-    ] = "val",
+        str | None,
+        typer.Option(
+            "--split", metavar="SPLIT", help="Split of a built-in dataset or Cityscapes folder (default: its val)."
+        ),
+    ] = None,
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
@@ -551,11 +568,13 @@ def eval_(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
 ) -> None:
-    """Evaluate a checkpoint on Cityscapes or a dataset card (mIoU; mIoU13 too for SYNTHIA models).
+    """Evaluate a checkpoint on Cityscapes, another built-in dataset or a dataset card (mIoU; mIoU13 too for
+    SYNTHIA models).
 
     Examples:
 
     proca eval runs/x/ssl.safetensors --data-root datasets --json eval.json
+    proca eval runs/x/ssl.safetensors --dataset acdc_night --data-root datasets
     proca eval CKPT --data-root datasets --scales 0.5,1,1.5 --flip
     proca eval model_proca_ssl.pth --save-predictions preds --format color
     proca eval CKPT --dataset my_labels.yaml --json eval.json

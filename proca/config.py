@@ -365,12 +365,20 @@ def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
     }
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "gtav->cityscapes": _preset("gtav"),
-    "synthia->cityscapes": _preset("synthia"),
-}
+def _presets() -> dict[str, dict[str, Any]]:
+    from proca.data.registry import TARGET_NAMES
+
+    out: dict[str, dict[str, Any]] = {}
+    for src in ("gtav", "synthia"):
+        for tgt in TARGET_NAMES:  # other targets use the <src> -> cityscapes recipe with their own images
+            out[f"{src}->{tgt}"] = {**_preset(src), "tgt": tgt}
+    return out
+
+
+PRESETS: dict[str, dict[str, Any]] = _presets()
 """The released recipes, keyed ``"<src>-><tgt>"``: only what differs from the fields' defaults (the defaults
-are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field)."""
+are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field). A built-in
+target other than Cityscapes (:data:`proca.data.registry.TARGET_NAMES`) uses the ``<src> -> cityscapes`` recipe."""
 
 
 def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:

@@ -18,7 +18,14 @@ from typing import IO, Any, Literal
 
 from proca.errors import OutputError, ProcaError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_image_atomic"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_writable",
+    "save_image_atomic",
+]
 
 
 def _umask() -> int:
@@ -90,3 +97,29 @@ def save_image_atomic(image: Any, path: str | os.PathLike[str], **save_kwargs: A
     fmt = {"JPG": "JPEG"}.get(fmt, fmt)
     with atomic_write(path, "wb") as handle:
         image.save(handle, format=fmt, **save_kwargs)
+
+
+def check_writable(path: str | os.PathLike[str], flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file given for a folder (or a folder
+    for a file), or a path whose nearest existing parent is a file or not writable. Nothing is created.
+
+    Args:
+        path: the output file (``folder=False``) or folder.
+        flag: the option that gave it, for the message (``--json``, ``--out``).
+        folder: ``path`` is a folder to create or fill.
+
+    Raises:
+        OutputError: naming the option, the path and what to give instead.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise OutputError(f"{flag} {target} is a file; give a folder (new or existing).")
+    if not folder and target.is_dir():
+        raise OutputError(f"{flag} {target} is a folder; give a file path such as {target / 'results.json'}.")
+    parent = target if folder and target.is_dir() else target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {target} cannot be created: {parent} is a file, not a folder; give another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {target} cannot be written: no write permission in {parent}; give another path.")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from proca.data.classes import CITYSCAPES_19, CLASS_SETS, IGNORE_INDEX, SYNTHIA_16, ClassSet, get_class_set
 
 if TYPE_CHECKING:
+    from proca.data.benchmarks import ACDCDataset, BDD100KDataset, DarkZurichDataset, MapillaryVistasDataset
     from proca.data.datasets import (
         CityscapesDataset,
         GTA5Dataset,
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
         SegmentationDataset,
         SynthiaDataset,
         cityscapes_root,
-        pseudo_label_pairs,
         read_list_file,
     )
     from proca.data.label_info import LabelInfo, build_label_info, read_label_info, run_label_info
@@ -32,19 +32,22 @@ __all__ = [
     "CLASS_SETS",
     "IGNORE_INDEX",
     "SYNTHIA_16",
+    "ACDCDataset",
+    "BDD100KDataset",
     "CityscapesDataset",
     "ClassBalancedSampler",
     "ClassSet",
+    "DarkZurichDataset",
     "GTA5Dataset",
     "ImageFolderDataset",
     "LabelInfo",
+    "MapillaryVistasDataset",
     "PseudoLabelDataset",
     "SegmentationDataset",
     "SynthiaDataset",
     "build_label_info",
     "cityscapes_root",
     "get_class_set",
-    "pseudo_label_pairs",
     "read_label_info",
     "read_list_file",
     "run_label_info",
@@ -52,6 +55,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ACDCDataset": "proca.data.benchmarks",
+    "BDD100KDataset": "proca.data.benchmarks",
+    "DarkZurichDataset": "proca.data.benchmarks",
+    "MapillaryVistasDataset": "proca.data.benchmarks",
     "CityscapesDataset": "proca.data.datasets",
     "GTA5Dataset": "proca.data.datasets",
     "ImageFolderDataset": "proca.data.datasets",
@@ -59,7 +66,6 @@ _LAZY = {
     "SegmentationDataset": "proca.data.datasets",
     "SynthiaDataset": "proca.data.datasets",
     "cityscapes_root": "proca.data.datasets",
-    "pseudo_label_pairs": "proca.data.datasets",
     "read_list_file": "proca.data.datasets",
     "LabelInfo": "proca.data.label_info",
     "build_label_info": "proca.data.label_info",

@@ -39,7 +39,6 @@ __all__ = [
     "SegmentationDataset",
     "SynthiaDataset",
     "cityscapes_root",
-    "pseudo_label_pairs",
     "read_list_file",
 ]
 
@@ -420,34 +419,6 @@ class PseudoLabelDataset(SegmentationDataset):
         self.root = root
         self.label_dir = label_dir
         self.split = split
-
-
-def pseudo_label_pairs(
-    images: SegmentationDataset,
-    label_dir: str | os.PathLike[str],
-    *,
-    class_set: ClassSet,
-    transform: Transform | None = None,
-) -> SegmentationDataset:
-    """Any dataset's images paired with the pseudo labels ``LABEL_DIR/<name>.png`` written for them.
-
-    The names are the image dataset's (for a folder of images: the path under the folder without suffix), so
-    nested folders keep their structure and no two images share a label file.
-
-    Raises:
-        DataError: an image whose pseudo label is missing (the message names the first one).
-    """
-    label_dir = Path(label_dir)
-    layout = "LABEL_DIR/<image name>.png (train-id PNGs written by the pseudo-label stage for these images)"
-    _require_dir(label_dir, "pseudo-label", layout)
-    labels = [label_dir / f"{n}.png" for n in images.names]
-    _check_present(labels, "pseudo-label", layout)
-    lut = np.arange(256, dtype=np.uint8)
-    decoder = LabelDecoder(lut, "trainid", num_classes=class_set.num_classes, layout=layout)
-    return SegmentationDataset(
-        images.names, images.images, labels, decoder=decoder, class_set=class_set, transform=transform,
-        files=images.files, layout=layout,
-    )  # fmt: skip
 
 
 class ImageFolderDataset(SegmentationDataset):

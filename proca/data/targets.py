@@ -2,7 +2,8 @@
 
 A target (``proca train --tgt SPEC``) is one of:
 
-1. a built-in dataset name (:data:`BUILTIN_DATASETS`: ``cityscapes``), read from ``DATA_ROOT/<name>``;
+1. a built-in dataset name (:data:`proca.data.registry.BUILTIN_DATASETS`: ``cityscapes``, ``acdc``, ...), read
+   from its folder under ``DATA_ROOT``;
 2. a dataset card, a ``.yaml``/``.yml``/``.json`` file (:mod:`proca.data.cards`);
 3. a folder of images (searched recursively) or a glob of images (``"footage/**/*.jpg"``): unlabelled.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from proca.data.datasets import SegmentationDataset, Transform
 
 __all__ = [
-    "BUILTIN_DATASETS",
     "Target",
     "canonical_spec",
     "is_builtin",
@@ -41,28 +40,10 @@ __all__ = [
 ]
 
 
-def _cityscapes(
-    data_root: Path, split: str, class_set: ClassSet, labels: bool, transform: Transform | None
-) -> SegmentationDataset:
-    from proca.data.datasets import CityscapesDataset, cityscapes_root
-
-    root = cityscapes_root(data_root)
-    return CityscapesDataset(root, split=split, class_set=class_set, labels=labels, transform=transform)
-
-
-BuiltinReader = Callable[[Path, str, ClassSet, bool, "Transform | None"], "SegmentationDataset"]
-
-BUILTIN_DATASETS: dict[str, tuple[BuiltinReader, str]] = {
-    "cityscapes": (_cityscapes, "train"),
-}
-"""Built-in datasets by name: ``(reader(data_root, split, class_set, labels, transform), target train split)``.
-A reader finds its folder under the datasets folder (``DATA_ROOT/<name>``) and raises a DataError naming the
-layout. A new built-in dataset adds a row here and is then usable as ``--tgt``, ``--tgt-val`` and
-``proca eval --dataset``."""
-
-
 def is_builtin(spec: str) -> bool:
-    """True when ``spec`` is the name of a built-in dataset."""
+    """True when ``spec`` is the name of a built-in dataset (:data:`proca.data.registry.BUILTIN_DATASETS`)."""
+    from proca.data.registry import BUILTIN_DATASETS
+
     return spec in BUILTIN_DATASETS
 
 
@@ -93,7 +74,10 @@ class Target:
     def labelled(self) -> bool:
         """True when the target has labels to validate on (a built-in's val split, a card with labels)."""
         if self.kind == "builtin":
-            return True
+            from proca.data.registry import get_dataset
+
+            entry = get_dataset(self.spec, flag="--tgt")
+            return entry.has_labels(entry.val_split)
         return self.card is not None and self.card.labelled
 
     @property
@@ -116,6 +100,8 @@ class Target:
 
 
 def _kinds_hint() -> str:
+    from proca.data.registry import BUILTIN_DATASETS
+
     return (
         f"give a built-in dataset ({', '.join(BUILTIN_DATASETS)}), a dataset card ({'/'.join(CARD_SUFFIXES)}) "
         "or a folder or glob of images"
@@ -164,8 +150,10 @@ def target_train_dataset(
     path under the folder (or glob base) without suffix, with ``-2``, ``-3``, ... where two files share one.
     """
     if target.kind == "builtin":
-        reader, split = BUILTIN_DATASETS[target.spec]
-        return reader(Path(data_root), split, class_set, False, transform)
+        from proca.data.registry import get_dataset
+
+        entry = get_dataset(target.spec, flag="--tgt")
+        return entry.open(data_root, split=entry.train_split, labels=False, class_set=class_set, transform=transform)
     if target.kind == "card":
         from proca.data.cards import card_dataset
 
@@ -182,13 +170,14 @@ def resolve_eval_dataset(
     spec: str,
     data_root: str | os.PathLike[str],
     *,
-    split: str = "val",
+    split: str | None = None,
     class_set: ClassSet = CITYSCAPES_19,
     transform: Transform | None = None,
     flag: str = "--dataset",
 ) -> tuple[SegmentationDataset, str]:
     """A labelled dataset to score on, and its title: a built-in name (its ``split`` under ``data_root``),
-    a dataset card with labels (``split`` does not apply), or a Cityscapes folder (its ``split``).
+    a dataset card with labels (``split`` does not apply), or a Cityscapes folder (its ``split``). ``split``
+    None: the built-in's validation split (``val`` for a Cityscapes folder).
 
     Raises:
         DataError: a card without labels or with mistakes, a folder that is not a Cityscapes folder, or a spec
@@ -196,9 +185,17 @@ def resolve_eval_dataset(
     """
     text = str(spec).strip()
     if is_builtin(text):
-        reader, _ = BUILTIN_DATASETS[text]
-        title = "Cityscapes" if text == "cityscapes" else text
-        return reader(Path(data_root), split, class_set, True, transform), f"{title} {split}"
+        from proca.data.registry import get_dataset
+
+        entry = get_dataset(text, flag=flag)
+        split = split if split is not None else entry.val_split
+        if not entry.has_labels(split):
+            raise DataError(
+                f"--split {split}: {entry.title} has no public labels for it; labelled splits: "
+                f"{', '.join(entry.labelled_splits)}"
+            )
+        data = entry.open(data_root, split=split, labels=True, class_set=class_set, transform=transform)
+        return data, f"{entry.title} {split}"
     canonical = canonical_spec(text)
     if is_card_path(text):
         from proca.data.cards import card_dataset, load_card
@@ -209,7 +206,10 @@ def resolve_eval_dataset(
         from proca.data.datasets import CityscapesDataset, cityscapes_root
 
         root = cityscapes_root(canonical, flag=flag)
+        split = split or "val"
         return CityscapesDataset(root, split=split, class_set=class_set, transform=transform), f"Cityscapes {split}"
+    from proca.data.registry import BUILTIN_DATASETS
+
     raise DataError(
         f"{flag} {text}: no such dataset, card or folder; give a built-in dataset ({', '.join(BUILTIN_DATASETS)}), "
         f"a dataset card with labels ({'/'.join(CARD_SUFFIXES)}) or a Cityscapes folder."
@@ -227,9 +227,8 @@ def target_val_dataset(
     """The labelled data a run validates on: ``tgt_val`` when given, else the target's own labels (a built-in's
     val split, a labelled card's images), else None (no validation)."""
     if tgt_val is not None:
-        return resolve_eval_dataset(tgt_val, data_root, split="val", class_set=class_set, transform=transform,
-                                    flag="--tgt-val")[0]  # fmt: skip
+        return resolve_eval_dataset(tgt_val, data_root, class_set=class_set, transform=transform, flag="--tgt-val")[0]
     target = resolve_target(tgt, data_root)
     if not target.labelled:
         return None
-    return resolve_eval_dataset(target.spec, data_root, split="val", class_set=class_set, transform=transform)[0]
+    return resolve_eval_dataset(target.spec, data_root, class_set=class_set, transform=transform, flag="--tgt")[0]

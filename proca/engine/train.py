@@ -16,7 +16,8 @@ ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best
 ``--stage all`` skips every stage whose final file exists. Training stages write their resumable
 state to ``RUN/state/<stage>.safetensors`` every ``checkpoint_every`` iterations; ``--resume``
 continues from it exactly. ``RUN/config.json`` holds the resolved configuration (torchrun's processes
-read it), ``RUN/results.json`` the validation results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
+read it), ``RUN/inputs.json`` the data it reads (checked on ``--resume``), ``RUN/results.json`` the validation
+results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
 """
 
 from __future__ import annotations
@@ -45,15 +46,19 @@ from proca.engine.launch import (
 )
 from proca.engine.runfolder import (
     FINAL_OUTPUTS,
+    INPUTS_FILE,
     STAGES,
     RunLock,
+    check_data_identity,
     check_data_root,
+    check_label_info_identity,
     check_resume_config,
     check_run_dir,
     clear_run,
+    find_label_info,
     stage_outputs,
 )
-from proca.errors import ConfigError
+from proca.errors import ConfigError, DataError
 from proca.io import atomic_write_json
 
 __all__ = ["STAGES", "RunOptions", "run_pipeline", "run_train", "seeded_run", "stage_outputs", "train_config"]
@@ -155,7 +160,8 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
-    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
+    balanced = cfg.source.class_balanced or cfg.proca.class_balanced
+    if (stage in ("source", "proca") and balanced) or (stage in ("source", "prototypes", "proca") and skip_bad):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
@@ -200,7 +206,13 @@ def run_pipeline(
 
     dist = dist or DistInfo()
     ctx = RunContext(
-        cfg=cfg, run_dir=run_dir, data_root=data_root, dist=dist, backbone_weights=backbone_weights, progress=progress
+        cfg=cfg,
+        run_dir=run_dir,
+        data_root=data_root,
+        dist=dist,
+        backbone_weights=backbone_weights,
+        progress=progress,
+        skip_bad=skip_bad,
     )
     results_path = run_dir / "results.json"
     results: dict[str, dict[str, Any]] = {}
@@ -247,15 +259,11 @@ def check_target(cfg: TrainConfig, data_root: Path) -> None:
             without validation.
     """
     from proca.data.classes import get_class_set
-    from proca.data.targets import resolve_eval_dataset, resolve_target, target_train_dataset, target_val_dataset
+    from proca.data.targets import resolve_eval_dataset, resolve_target
 
-    target = resolve_target(cfg.tgt, data_root)
-    class_set = get_class_set(cfg.class_set)
-    target_train_dataset(target, data_root, class_set=class_set)  # a built-in's folder and images are there
+    target = resolve_target(cfg.tgt, data_root)  # a card's keys and files, a folder's images
     if cfg.tgt_val is not None:
-        resolve_eval_dataset(cfg.tgt_val, data_root, split="val", class_set=class_set, flag="--tgt-val")
-    elif target.labelled:
-        target_val_dataset(cfg.tgt, None, data_root, class_set=class_set)  # its validation labels are there
+        resolve_eval_dataset(cfg.tgt_val, data_root, class_set=get_class_set(cfg.class_set), flag="--tgt-val")
     if cfg.tgt_val is None and not target.labelled:
         for key, choice in (
             ("prototypes.init_from", cfg.prototypes.init_from),
@@ -270,18 +278,16 @@ def check_target(cfg: TrainConfig, data_root: Path) -> None:
 
 
 def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
-    """What can be checked before anything is written: the dataset folders, the target and the ImageNet
-    weights file."""
-    check_data_root(run.data_root, cfg.src, run.stages, tgt=cfg.tgt)
-    if cfg.source_key == "card" and {"source", "prototypes", "proca"} & set(run.stages):
-        from proca.data.cards import card_dataset
-        from proca.data.classes import get_class_set
-
-        # the card's keys, its images, its labels and their pairing (label values are checked when read)
-        card_dataset(cfg.src, class_set=get_class_set(cfg.class_set), needs_labels="--src")
-    check_target(cfg, run.data_root)
+    """What can be checked before anything is written or loaded: ``--out`` can be written, the dataset folders
+    and the files the stages read are there (the validation labels included; a card's keys and files; a folder
+    target's images), the label info is current, and the ImageNet weights file exists."""
     from proca.data.targets import resolve_target
+    from proca.io import check_writable
 
+    check_writable(run.out, "--out", folder=True)
+    check_data_root(run.data_root, cfg.src, run.stages, cfg.tgt)
+    check_target(cfg, run.data_root)
+    check_stage_data(cfg, run)
     folder = resolve_target(cfg.tgt, run.data_root).folder
     out = run.out.absolute()
     if folder is not None and (out == folder or folder in out.parents):
@@ -298,13 +304,67 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
         )
 
 
+def check_stage_data(cfg: TrainConfig, run: RunOptions) -> None:
+    """The datasets the stages read list all their files (no decoding): the source pairs, the target train
+    images, the target's val images and labels every training stage validates on; and the label info the
+    source stages would use is current (:func:`proca.data.label_info.check_label_info_current`)."""
+    from proca.data.classes import get_class_set
+    from proca.data.datasets import GTA5Dataset, SynthiaDataset
+    from proca.data.registry import BUILTIN_DATASETS, open_target_images, open_target_val
+
+    stages = set(run.stages)
+    class_set = get_class_set(cfg.class_set)
+    if stages & {"source", "prototypes", "proca"}:
+        src_root = run.data_root / cfg.src
+        if cfg.source_key == "card":
+            from proca.data.cards import card_dataset
+
+            # the card's keys, its images, its labels and their pairing (label values are checked when read)
+            card_dataset(cfg.src, class_set=class_set, needs_labels="--src")
+        elif cfg.src == "synthia":
+            SynthiaDataset(src_root)
+        else:
+            GTA5Dataset(src_root, class_set=class_set)
+    if stages & {"proca", "pseudo-label", "ssl"}:
+        open_target_images(cfg.tgt, run.data_root, class_set=class_set)
+    # every training stage validates: on --tgt-val (checked by check_target) or a built-in target's val split
+    if stages & {"source", "proca", "ssl"} and cfg.tgt_val is None and cfg.tgt in BUILTIN_DATASETS:
+        try:
+            open_target_val(cfg.tgt, run.data_root, class_set=class_set)
+        except DataError as err:
+            title = BUILTIN_DATASETS[cfg.tgt].title
+            raise DataError(f"{err} (every training stage validates on {title} val, with its labels)") from None
+    uses_info = (cfg.source.class_balanced and "source" in stages) or (cfg.proca.class_balanced and "proca" in stages)
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if cfg.source_key != "card" and (uses_info or run.skip_bad) and stages & {"source", "proca"} and found is not None:
+        from proca.data.label_info import check_label_info_current, read_label_info
+
+        check_label_info_current(read_label_info(found), found, run.data_root / cfg.src, cfg.src, run_dir=run.out)
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
-    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
+    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing.
+
+    A run that continues in an existing folder (``--resume``, or one more ``--stage``) must read the data it
+    started on (``RUN/inputs.json``: data root, image names, label-info file); ``--resume`` also refuses changed
+    config keys other than :data:`~proca.engine.runfolder.RESUME_FREE`. ``RUN/inputs.json`` is written here.
+    """
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
         clear_run(run.out, cfg.source_key, run.stages)
-    if run.resume:
-        check_resume_config(run.out, cfg)
+    flag = "--resume" if run.resume else f"--stage {run.stage}"
+    record = check_data_identity(run.out, run.data_root, cfg.src, cfg.tgt, flag=flag)
+    changes = check_resume_config(run.out, cfg) if run.resume else {}
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if found is not None and (run.out / INPUTS_FILE).is_file():
+        check_label_info_identity(run.out, found, write=False)
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.out / INPUTS_FILE, record)
+    if changes:  # config.json is rewritten with them when the run starts
+        from rich.console import Console
+
+        shown = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+        Console(stderr=True, highlight=False).print(f"resume: {shown} ({run.out / 'config.json'} updated)")
 
 
 def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> dict[str, dict[str, Any]]:

@@ -122,8 +122,8 @@ def test_a_target_without_images_is_refused_before_anything_is_written(
 def test_formats_exif_and_nested_names_reach_pseudo_labels_and_pair_back(tmp_path: Path) -> None:
     """JPEG, PNG and WebP, EXIF rotation applied; nested folders and equal base names give distinct labels
     that the self-training dataset pairs back to their images."""
+    from proca.data.benchmarks import pseudo_labelled as pseudo_label_pairs
     from proca.data.classes import CITYSCAPES_19
-    from proca.data.datasets import pseudo_label_pairs
     from proca.data.targets import resolve_target, target_train_dataset
     from proca.engine.pseudo_label import generate_pseudo_labels
     from proca.models import build_model

@@ -1,4 +1,4 @@
-"""``proca eval``: evaluate a checkpoint on a Cityscapes split, print the table, write the requested files."""
+"""``proca eval``: evaluate a checkpoint on a split of a built-in dataset, print the table, write the files."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def run_eval(
     *,
     data_root: Path = Path("datasets"),
     dataset: str = "cityscapes",
-    split: str = "val",
+    split: str | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     input_size: tuple[int, int] | None = None,
@@ -68,33 +68,46 @@ def run_eval(
     """``proca eval``: evaluate a checkpoint on a labelled dataset, print the table, write the requested files.
 
     The class set, architecture and default input size come from the checkpoint (a 16-class SYNTHIA model is
-    scored on Cityscapes mapped to its 16 classes, plus mIoU13; a card's classes are mapped by name likewise).
+    scored on the dataset's labels mapped to its 16 classes, plus mIoU13; a card's classes are mapped by name
+    likewise).
 
     Args:
-        data_root: the datasets folder holding ``cityscapes/``, or the Cityscapes folder itself (see
-            :func:`proca.data.cityscapes_root`).
-        dataset: a built-in dataset name, a dataset card with labels or a Cityscapes folder
-            (:func:`proca.data.targets.resolve_eval_dataset`).
+        data_root: the datasets folder holding ``<dataset folder>/`` (``cityscapes/``, ``acdc/``, ...), or the
+            dataset folder itself (see :meth:`proca.data.registry.BuiltinDataset.resolve_root`).
+        dataset: a built-in dataset name (:data:`proca.data.registry.BUILTIN_DATASETS`), a dataset card with
+            labels or a Cityscapes folder (:func:`proca.data.targets.resolve_eval_dataset`).
+        split: a labelled split (default: the dataset's validation split; a card has none).
     """
     from proca import __version__
-    from proca.data.datasets import CityscapesDataset
+    from proca.data.classes import get_class_set
+    from proca.data.registry import BUILTIN_DATASETS
     from proca.data.targets import resolve_eval_dataset
     from proca.data.transforms import test_transform
-    from proca.io import atomic_write_json
+    from proca.io import atomic_write_json, check_writable
 
     check_format(fmt, EVAL_FORMATS)
+    entry = BUILTIN_DATASETS.get(dataset)
+    dataset_root = entry.resolve_root(data_root) if entry is not None else None
     for flag, folder in (("--save-predictions", save_predictions), ("--report", report_dir)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise ConfigError(f"{flag} {folder} is a file; give a folder (new or existing).")
     if json_path is not None and Path(json_path).is_dir():
         raise ConfigError(f"--json {json_path} is a folder; give a file path such as {Path(json_path) / 'eval.json'}.")
+    for flag, target, is_folder in (
+        ("--json", json_path, False),
+        ("--save-predictions", save_predictions, True),
+        ("--report", report_dir, True),
+    ):
+        if target is not None:
+            check_writable(target, flag, folder=is_folder)
+    # images and labels are there, before the model loads (the class set only maps the label values)
+    resolve_eval_dataset(dataset, data_root, split=split, class_set=get_class_set("cityscapes19"))
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
     size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
     size = (int(size[0]), int(size[1]))
-    data, title = resolve_eval_dataset(
-        dataset, data_root, split=split, class_set=class_set, transform=test_transform(size)
-    )
+    transform = test_transform(size)
+    data, title = resolve_eval_dataset(dataset, data_root, split=split, class_set=class_set, transform=transform)
     if input_size is None:
         check_eval_size(checkpoint, size, data.images[0] if len(data) else None)
 
@@ -132,9 +145,10 @@ def run_eval(
             "checkpoint": str(checkpoint),
             "arch": meta.get("arch"),
             "dataset": dataset,
-            "split": split,
+            "split": split if split is not None else (entry.val_split if entry is not None else None),
             "data_root": str(data_root),
-            **({"cityscapes_root": str(data.root)} if isinstance(data, CityscapesDataset) else {}),
+            **({"dataset_root": str(dataset_root)} if dataset_root is not None else {}),
+            **({"cityscapes_root": str(dataset_root)} if dataset == "cityscapes" else {}),
             **({"card": str(data.card.path)} if hasattr(data, "card") else {}),
             "input_size": list(size),
             "proca_version": __version__,

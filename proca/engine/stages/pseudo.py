@@ -19,7 +19,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     so the thresholds cover the whole split. The labels are written into ``RUN/pseudo_labels.partial``
     and renamed when complete, so an interrupted stage leaves no folder that looks finished.
     """
-    from proca.data.targets import target_train_dataset
+    from proca.data.registry import open_target_images
     from proca.engine.pseudo_label import generate_pseudo_labels
 
     section = ctx.cfg.pseudo_label
@@ -30,8 +30,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
         shutil.rmtree(partial)
     barrier()
     model = build_stage_model(ctx, init).to(ctx.device).eval()
-    # pseudo_labels/<name>.png: a folder's or card's image names are their paths under the folder, made unique
-    dataset = target_train_dataset(ctx.target, ctx.data_root, class_set=ctx.class_set)
+    dataset = open_target_images(ctx.cfg.tgt, ctx.data_root, class_set=ctx.class_set)
     stats = generate_pseudo_labels(
         model,
         dataset,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proca.config import SelfTrainingStageConfig
 from proca.engine.context import RunContext
@@ -12,9 +12,6 @@ from proca.engine.stages.base import step_context, supervised_loss
 from proca.engine.streams import STREAM_IDS, Stream, step_batches, training_workers, uniform_stream
 from proca.engine.trainer import LossTerms, StepContext, StepResult, TrainingStage, accumulate_and_step
 from proca.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from proca.data.datasets import SegmentationDataset
 
 __all__ = ["SelfTrainingStage", "ssl_train_step"]
 
@@ -44,8 +41,7 @@ class SelfTrainingStage(TrainingStage):
     name = "ssl"
 
     def __init__(self, ctx: RunContext) -> None:
-        from proca.data.datasets import PseudoLabelDataset, pseudo_label_pairs
-        from proca.data.targets import target_train_dataset
+        from proca.data.registry import open_pseudo_labelled
         from proca.data.transforms import self_training_transform
 
         self.ctx = ctx
@@ -62,14 +58,7 @@ class SelfTrainingStage(TrainingStage):
         transform = self_training_transform(
             section.scale_reference, scale=section.scale, crop=section.input_size, jitter=section.color_jitter
         )
-        dataset: PseudoLabelDataset | SegmentationDataset
-        if ctx.cfg.tgt == "cityscapes":  # also reads the release's flat pseudo-label naming
-            dataset = PseudoLabelDataset(
-                ctx.data_root / "cityscapes", labels, split="train", class_set=ctx.class_set, transform=transform
-            )
-        else:
-            images = target_train_dataset(ctx.target, ctx.data_root, class_set=ctx.class_set)
-            dataset = pseudo_label_pairs(images, labels, class_set=ctx.class_set, transform=transform)
+        dataset = open_pseudo_labelled(ctx.cfg.tgt, ctx.data_root, labels, class_set=ctx.class_set, transform=transform)
         fetch = uniform_stream(len(dataset), seed=ctx.cfg.seed, stream=STREAM_IDS["ssl"])
         self.stream = Stream(dataset, fetch, STREAM_IDS["ssl"])
 
