@@ -301,14 +301,16 @@ def data_identity(data_root: Path, src: str, tgt: str = "cityscapes") -> dict[st
     else:  # a dataset card
         from proca.data.cards import card_dataset
 
-        source = "source card", _dataset_digest(lambda: card_dataset(src, class_set=class_set))
-    folder = BUILTIN_DATASETS[tgt].folder if tgt in BUILTIN_DATASETS else "target"
+        source = src, _dataset_digest(lambda: card_dataset(src, class_set=class_set))
+    # a card or folder target is named by its absolute path (which the data root does not change)
+    train, val = (f"{BUILTIN_DATASETS[tgt].folder}/{s}" for s in ("train", "val")) if tgt in BUILTIN_DATASETS else (
+        tgt, f"{tgt} (labels)")  # fmt: skip
     return {
         "data_root": str(root),
         "folders": {
             source[0]: source[1],
-            f"{folder}/train": _dataset_digest(lambda: open_target_images(tgt, root, class_set=class_set)),
-            f"{folder}/val": _dataset_digest(lambda: open_target_val(tgt, root, class_set=class_set)),
+            train: _dataset_digest(lambda: open_target_images(tgt, root, class_set=class_set)),
+            val: _dataset_digest(lambda: open_target_val(tgt, root, class_set=class_set)),
         },
     }
 

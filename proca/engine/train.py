@@ -353,8 +353,8 @@ def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
     if run.force and run.out.exists():
         clear_run(run.out, cfg.source_key, run.stages)
     flag = "--resume" if run.resume else f"--stage {run.stage}"
+    changes = check_resume_config(run.out, cfg) if run.resume else {}  # first: names a changed --src/--tgt
     record = check_data_identity(run.out, run.data_root, cfg.src, cfg.tgt, flag=flag)
-    changes = check_resume_config(run.out, cfg) if run.resume else {}
     found = find_label_info(run.data_root, cfg.src, run.out)
     if found is not None and (run.out / INPUTS_FILE).is_file():
         check_label_info_identity(run.out, found, write=False)
