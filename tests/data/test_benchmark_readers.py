@@ -231,13 +231,17 @@ def test_eval_on_a_benchmark_through_the_cli(tmp_path: Path) -> None:
 def test_target_config_and_data_root_check(tmp_path: Path) -> None:
     from proca.config import resolve_config
     from proca.engine.runfolder import check_data_root
-    from proca.errors import ConfigError
 
     cfg = resolve_config("gtav", "acdc_night")
     assert cfg.tgt == "acdc_night" and cfg.class_set == "cityscapes19"
     assert resolve_config("gtav", "cityscapes").model_dump(exclude={"tgt"}) == cfg.model_dump(exclude={"tgt"})
-    with pytest.raises(ConfigError, match="--tgt 'kitti' is not a built-in target dataset; valid: cityscapes"):
-        resolve_config("gtav", "kitti")
+    # a name that is no built-in is a folder/glob of images or a card: refused when it names none, listing both
+    from proca.data.targets import resolve_target
+
+    assert resolve_config("gtav", "kitti").tgt == str(Path("kitti").absolute())
+    with pytest.raises(DataError, match="--tgt kitti: no such dataset, file or folder; give a built-in dataset "
+                       r"\(cityscapes, acdc"):  # fmt: skip
+        resolve_target("kitti", tmp_path)
     with pytest.raises(DataError, match=r"dataset folder .*/bdd100k does not exist; --data-root must hold bdd100k/"):
         check_data_root(tmp_path, "gtav", ["pseudo-label"], "bdd100k")
 
