@@ -112,28 +112,29 @@ def _existing_checkpoint(path: Path, what: str = "checkpoint") -> Path:
     return path
 
 
-def _parse_size(value: str | None) -> tuple[int, int] | None:
-    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``."""
+def _parse_size(value: str | None, option: str = "--input-size") -> tuple[int, int] | None:
+    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``; sides in ``proca.config.SIZE_RANGE``."""
     if value is None:
         return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not HxW, for example 512x1024") from None
-    if h <= 0 or w <= 0:
-        raise typer.BadParameter(f"{value!r}: height and width must be positive")
-    return h, w
+    from proca.config import check_size
+    from proca.errors import ConfigError
+
+    parts = value.lower().split("x")
+    if len(parts) != 2:
+        raise ConfigError(f"{option} {value!r} is not HxW, for example 512x1024")
+    return check_size(parts, option)
 
 
 def _parse_scales(value: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of positive floats such as ``0.5,0.75,1``."""
+    """Parse comma-separated scales such as ``0.5,0.75,1``; each finite, in ``proca.config.SCALE_RANGE``."""
+    from proca.config import check_scales
+    from proca.errors import ConfigError
+
     try:
         scales = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter(f"{value!r}: give at least one scale, all positive")
-    return scales
+        raise ConfigError(f"--scales {value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
+    return check_scales(scales, "--scales")
 
 
 class SourceName(str, Enum):
@@ -228,9 +229,9 @@ def synth(
     proca synth --out synthetic
     proca synth --out small --train 16 --val 4 --size 128x256 --seed 1
     """
-    hw = _parse_size(size)
-    assert hw is not None
     with _user_errors():
+        hw = _parse_size(size, "--size")
+        assert hw is not None
         from proca.data.synthetic import write_synthetic_datasets
 
         write_synthetic_datasets(out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True)
