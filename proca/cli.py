@@ -595,6 +595,7 @@ def convert(
     class_set: Annotated[
         str | None, typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing DST.")] = False,
 ) -> None:
     """Convert a released .pth checkpoint into a proca .safetensors checkpoint.
 
@@ -607,7 +608,7 @@ def convert(
         _existing_checkpoint(src, "SRC")
         from proca.engine.commands.convert import run_convert
 
-        run_convert(src, dst, class_set=class_set)
+        run_convert(src, dst, class_set=class_set, force=force)
 
 
 @app.command()

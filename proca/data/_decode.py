@@ -170,7 +170,7 @@ def _array_to_rgb8(array: np.ndarray, what: str) -> torch.Tensor:
         raise DataError(f"{what} is empty (shape {tuple(array.shape)})")
     _check_pixel_count(int(array.shape[1]), int(array.shape[0]), what)
     rgb = np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array[..., :3]
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb.astype(np.int32) if rgb.dtype == np.uint16 else rgb))
+    tensor = torch.from_numpy(np.array(rgb.astype(np.int32) if rgb.dtype == np.uint16 else rgb))
     tensor = tensor.permute(2, 0, 1).contiguous()
     if tensor.dtype == torch.int32:
         return torch.div(tensor + 128, 257, rounding_mode="floor").clamp_(0, 255).to(torch.uint8)

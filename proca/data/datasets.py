@@ -467,7 +467,9 @@ class ImageFolderDataset(SegmentationDataset):
                 paths.append(path)
                 names.append(unique)
         if not paths:
-            raise DataError(f"no images found in {', '.join(map(str, inputs)) or 'the inputs'}; give .png/.jpg/.webp files")
+            raise DataError(
+                f"no images found in {', '.join(map(str, inputs)) or 'the inputs'}; give .png/.jpg/.webp files"
+            )
         super().__init__(
             names, paths, None, decoder=None, class_set=None, transform=transform, files=[str(p) for p in paths]
         )

@@ -329,6 +329,27 @@ def load_for_inference(
     return model, class_set, meta
 
 
+def eval_input_size(meta: dict[str, Any], checkpoint: str | os.PathLike[str]) -> tuple[int, int]:
+    """A checkpoint's ``eval_input_size`` metadata as (H, W), checked (512x1024 when it names none).
+
+    Raises:
+        CheckpointError: sides that are not whole numbers within :data:`proca.config.SIZE_RANGE`; the message
+            names the key and ``--input-size``.
+    """
+    value = meta.get("eval_input_size")
+    if value is None:
+        return (512, 1024)
+    try:
+        return check_size(value if isinstance(value, (list, tuple)) else [], "eval_input_size")
+    except ConfigError:
+        low, high = SIZE_RANGE
+        raise CheckpointError(
+            f"{checkpoint}: metadata eval_input_size {value!r} is not [H, W] with whole sides in {low}..{high}; "
+            "pass --input-size HxW (e.g. --input-size 512x1024; input_size=(H, W) in Python) to choose the "
+            "network input"
+        ) from None
+
+
 def check_eval_size(
     checkpoint: str | os.PathLike[str],
     eval_size: tuple[int, int],

@@ -13,7 +13,7 @@ from proca.engine.device import resolve_device
 from proca.engine.encode import EVAL_FORMATS, check_format, prediction_path, save_prediction
 from proca.engine.evaluate import evaluate
 from proca.engine.loop import AsyncWriter, Batch
-from proca.engine.predict import check_eval_size, load_for_inference
+from proca.engine.predict import check_eval_size, eval_input_size, load_for_inference
 from proca.engine.results import EvalResult
 from proca.errors import ConfigError
 
@@ -87,8 +87,7 @@ def run_eval(
         raise ConfigError(f"--json {json_path} is a folder; give a file path such as {Path(json_path) / 'eval.json'}.")
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
-    size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
-    size = (int(size[0]), int(size[1]))
+    size = (int(input_size[0]), int(input_size[1])) if input_size is not None else eval_input_size(meta, checkpoint)
     dataset = CityscapesDataset(city_root, split=split, class_set=class_set, transform=test_transform(size))
     if input_size is None:
         check_eval_size(checkpoint, size, dataset.images[0] if len(dataset) else None)

@@ -18,7 +18,7 @@ from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
 from proca.engine.encode import INFER_FORMATS, check_format, save_prediction
 from proca.engine.loop import AsyncWriter, PreparedDataset, default_num_workers, iterate_batches
-from proca.engine.predict import aspect_input_size, check_eval_size, load_for_inference, predict_probs
+from proca.engine.predict import aspect_input_size, check_eval_size, eval_input_size, load_for_inference, predict_ids
 from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
 
@@ -76,13 +76,12 @@ def run_infer(
         raise DataError("no inputs given; name image files, folders or glob patterns.")
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the predictions (new or existing).")
-    dataset = ImageFolderDataset(list(inputs))
+    dataset = ImageFolderDataset(list(inputs), exclude=[out])
     if len(dataset) == 0:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}; give image files, folders or globs.")
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
-    reference = tuple(meta.get("eval_input_size") or (512, 1024))
-    reference = (int(reference[0]), int(reference[1]))
+    reference = eval_input_size(meta, checkpoint) if input_size is None else input_size
     if input_size is None:
         check_eval_size(checkpoint, reference, dataset.images[0])
 
@@ -102,9 +101,9 @@ def run_infer(
         for batch in iterate_batches(
             prepared, batch_size=batch_size, indices=order, num_workers=default_num_workers(dev)
         ):
-            probs = predict_probs(model, batch.images.to(dev), out_size=batch.out_size, scales=scales, flip=flip)
-            pred = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
-            del probs
+            ids = predict_ids(model, batch.images.to(dev), out_size=batch.out_size, scales=scales, flip=flip)
+            pred = ids.to(torch.uint8).cpu().numpy()
+            del ids
             for k, index in enumerate(batch.indices):
                 base = output_name(batch.names[k], batch.paths[k])
                 count = used.get(base, 0)
