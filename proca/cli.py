@@ -249,6 +249,7 @@ def label_info(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output JSON.")] = False,
 ) -> None:
     """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
 
@@ -260,7 +261,9 @@ def label_info(
     with _user_errors():
         from proca.data.label_info import run_label_info
 
-        run_label_info(dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad)
+        run_label_info(
+            dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, force=force
+        )
 
 
 _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardware", "Run folder and config"
@@ -523,6 +526,9 @@ def eval_(
     ] = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing --json, --save-predictions or --report files.")
+    ] = False,
 ) -> None:
     """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models).
 
@@ -549,6 +555,7 @@ def eval_(
             report_dir=report,
             device=device,
             batch_size=batch_size,
+            force=force,
         )
 
 
@@ -563,6 +570,7 @@ def infer(
     input_size: SizeOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite prediction files that exist in --out.")] = False,
 ) -> None:
     """Segment your own images: coloured masks, overlays, or raw ids.
 
@@ -585,6 +593,7 @@ def infer(
             input_size=_parse_size(input_size),
             device=device,
             batch_size=batch_size,
+            force=force,
         )
 
 

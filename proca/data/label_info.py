@@ -494,18 +494,24 @@ def run_label_info(
     list_file: str | os.PathLike[str] | None = None,
     workers: int = 0,
     skip_bad: bool = False,
+    force: bool = False,
 ) -> Path:
     """CLI entry of ``proca label-info``: scan, write ``out`` (default ``ROOT/<dataset>_label_info.json``), report.
+
+    An existing ``out`` is refused before the scan unless ``force`` (the overwrite policy of every command).
 
     Returns:
         The path written.
     """
     from rich.console import Console
 
+    from proca.io import check_new_file
+
     console = Console(stderr=True, highlight=False)
     start = time.perf_counter()
-    info = build_label_info(dataset, root, list_file=list_file, workers=workers, skip_bad=skip_bad, progress=True)
     target = Path(out) if out is not None else Path(root) / f"{dataset}_label_info.json"
+    check_new_file(target, force=force, option="--out")
+    info = build_label_info(dataset, root, list_file=list_file, workers=workers, skip_bad=skip_bad, progress=True)
     info.save(target)
     elapsed = time.perf_counter() - start
     per_class = info.class_to_files()

@@ -63,6 +63,7 @@ def run_eval(
     device: str = "auto",
     batch_size: int = 1,
     progress: bool = True,
+    force: bool = False,
 ) -> EvalResult:
     """``proca eval``: evaluate a checkpoint on a Cityscapes split, print the table, write the requested files.
 
@@ -72,11 +73,13 @@ def run_eval(
     Args:
         data_root: the datasets folder holding ``cityscapes/``, or the Cityscapes folder itself (see
             :func:`proca.data.cityscapes_root`).
+        force: replace existing output files (``--json``, predictions, report images); without it they are
+            refused before the checkpoint is loaded.
     """
     from proca import __version__
     from proca.data.datasets import CityscapesDataset, cityscapes_root
     from proca.data.transforms import test_transform
-    from proca.io import atomic_write_json
+    from proca.io import atomic_write_json, check_new_file, check_new_files
 
     check_format(fmt, EVAL_FORMATS)
     city_root = cityscapes_root(data_root)
@@ -85,10 +88,19 @@ def run_eval(
             raise ConfigError(f"{flag} {folder} is a file; give a folder (new or existing).")
     if json_path is not None and Path(json_path).is_dir():
         raise ConfigError(f"--json {json_path} is a folder; give a file path such as {Path(json_path) / 'eval.json'}.")
+    if json_path is not None:
+        check_new_file(json_path, force=force, option="--json")
+    if report_dir is not None:
+        check_new_files(
+            [Path(report_dir) / n for n in ("iou.png", "confusion.png", "examples.png")], force=force, option="--report"
+        )
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
     size = (int(input_size[0]), int(input_size[1])) if input_size is not None else eval_input_size(meta, checkpoint)
     dataset = CityscapesDataset(city_root, split=split, class_set=class_set, transform=test_transform(size))
+    if save_predictions is not None:
+        targets = [prediction_path(save_predictions, name, fmt) for name in dataset.names]
+        check_new_files(targets, force=force, option="--save-predictions")
     if input_size is None:
         check_eval_size(checkpoint, size, dataset.images[0] if len(dataset) else None)
 

@@ -21,6 +21,7 @@ from proca.engine.loop import AsyncWriter, PreparedDataset, default_num_workers,
 from proca.engine.predict import aspect_input_size, check_eval_size, eval_input_size, load_for_inference, predict_ids
 from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
+from proca.io import check_new_files
 
 __all__ = ["INFER_FORMATS", "output_name", "run_infer"]
 
@@ -59,12 +60,14 @@ def run_infer(
     device: str = "auto",
     batch_size: int = 1,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """Predict every input image and write ``out/<name>.png`` in ``fmt``.
 
     Output names follow the inputs: ``photo.jpg`` -> ``out/photo.png``; images found inside a folder keep
     their path relative to it (the dataset makes colliding names unique with ``-2``, ``-3``; any clash left
-    gets ``_1``, ``_2`` ...).
+    gets ``_1``, ``_2`` ...). Images inside ``out`` are never inputs (so a later run does not read its own
+    predictions back). Prediction files that exist already are refused before any work unless ``force``.
 
     Returns:
         The files written, in input order.
@@ -96,6 +99,13 @@ def run_infer(
         order = list(range(len(dataset)))
     out = Path(out)
     used: dict[str, int] = {}
+    targets: dict[int, Path] = {}
+    for index in order:
+        base = output_name(dataset.names[index], str(dataset.images[index]))
+        count = used.get(base, 0)
+        used[base] = count + 1
+        targets[index] = out / (f"{base}.png" if count == 0 else f"{base}_{count}.png")
+    check_new_files(list(targets.values()), force=force, option="--out")
     written: dict[int, Path] = {}
     with AsyncWriter() as writer, ProgressBar(len(order), "infer", enabled=progress) as bar:
         for batch in iterate_batches(
@@ -105,10 +115,7 @@ def run_infer(
             pred = ids.to(torch.uint8).cpu().numpy()
             del ids
             for k, index in enumerate(batch.indices):
-                base = output_name(batch.names[k], batch.paths[k])
-                count = used.get(base, 0)
-                used[base] = count + 1
-                path = out / (f"{base}.png" if count == 0 else f"{base}_{count}.png")
+                path = targets[index]
                 written[index] = path
                 photo = None
                 if batch.photos is not None:
