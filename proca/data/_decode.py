@@ -30,7 +30,15 @@ from proca.config import IMAGE_PIXEL_LIMIT
 from proca.data.classes import IGNORE_INDEX
 from proca.errors import DataError
 
-__all__ = ["RAW_ID_RANGES", "LabelDecoder", "check_image_pixels", "image_to_rgb8", "read_label_ids", "read_rgb"]
+__all__ = [
+    "RAW_ID_RANGES",
+    "LabelDecoder",
+    "check_image_pixels",
+    "image_header_size",
+    "image_to_rgb8",
+    "read_label_ids",
+    "read_rgb",
+]
 
 # Valid raw ids per label space: (largest valid id, extra ids allowed).
 # Cityscapes/GTA5: 0..33, plus 255, the 8-bit form of the license-plate id -1.
@@ -88,6 +96,16 @@ def check_image_pixels(path: str | os.PathLike[str]) -> None:
     Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) is turned into the same message.
     Files Pillow cannot identify are left to the decoder, which names them.
     """
+    image_header_size(path)
+
+
+def image_header_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(H, W) from an image file's header (nothing is decoded); None when Pillow cannot identify the file.
+
+    Raises:
+        DataError: the image has more than :data:`proca.config.IMAGE_PIXEL_LIMIT` pixels (or trips Pillow's
+            decompression-bomb guard); the message names the file and the limit.
+    """
     from PIL import Image
 
     try:
@@ -100,9 +118,10 @@ def check_image_pixels(path: str | os.PathLike[str]) -> None:
         pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow allows"
         raise DataError(_too_large(path, pixels)) from None
     except (OSError, ValueError, SyntaxError):
-        return
+        return None
     if width * height > IMAGE_PIXEL_LIMIT:
         raise DataError(_too_large(path, f"{width}x{height} ({width * height:,} pixels)"))
+    return height, width
 
 
 def _too_large(path: object, size: str) -> str:

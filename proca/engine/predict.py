@@ -373,13 +373,12 @@ def check_eval_size(
     """
     if image_path is None:
         return False
-    from PIL import Image
+    from proca.data._decode import image_header_size
 
-    try:
-        with Image.open(image_path) as im:
-            w, h = im.size
-    except OSError:
+    found = image_header_size(image_path)  # refuses a too large image before any work
+    if found is None:
         return False  # the dataset reports unreadable images with the file's name
+    h, w = found
     ratios = (h / eval_size[0], w / eval_size[1])
     if all(1 / max_ratio <= r <= max_ratio for r in ratios):
         return False

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
@@ -37,11 +36,9 @@ def output_name(name: str, path: str) -> str:
 
 
 def _size_key(path: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError):
-        return (0, 0)
+    from proca.data._decode import image_header_size
+
+    return image_header_size(path) or (0, 0)  # refuses a too large image before any work
 
 
 def _save(train_ids: np.ndarray, path: Path, class_set: ClassSet, fmt: str, photo: np.ndarray | None) -> None:
