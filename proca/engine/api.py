@@ -140,7 +140,7 @@ def predict(
         ids = predict_ids(model, x[None].to(dev), out_size=(h, w), scales=scales, flip=flip)
     finally:
         model.train(was_training)
-    return ids[0].to(torch.uint8).cpu().numpy()
+    return ids[0].cpu().numpy()
 
 
 def colorize(ids: np.ndarray, class_set: str | ClassSet = "cityscapes19") -> np.ndarray:

@@ -47,7 +47,7 @@ __all__ = [
 #: Outputs with more pixels than this are upsampled and reduced to ids a band of rows at a time.
 PROBS_PIXEL_LIMIT = 2048 * 2048
 #: Rows per band of the banded argmax (a band holds C x rows x W probabilities per pass).
-_BAND_PIXELS = 1 << 21
+_BAND_PIXELS = 1 << 19
 #: Tile strides are multiples of this, so every network's output grid lines up across windows.
 _TILE_ALIGN = 32
 
@@ -217,18 +217,23 @@ def predict_probs(
     return total.div_(len(scales) * (2 if flip else 1))
 
 
+def _check_id_range(num_classes: int) -> None:
+    if num_classes > 256:
+        raise ValueError(f"predict_ids returns uint8 ids; the model predicts {num_classes} classes")
+
+
 def _upsample_matrix(out_len: int, in_len: int, device: torch.device) -> Tensor:
     """(out_len, in_len) weights of 1-D linear interpolation with ``align_corners=True``."""
-    pos = torch.arange(out_len, dtype=torch.float64, device=device)
+    pos = torch.arange(out_len, dtype=torch.float64)  # built on the CPU: float64 is not on every device
     pos = pos * ((in_len - 1) / (out_len - 1)) if out_len > 1 else pos.zero_()
     low = pos.floor().long().clamp_(0, in_len - 1)
     high = (low + 1).clamp_(max=in_len - 1)
     frac = (pos - low).float()
-    mat = torch.zeros(out_len, in_len, device=device)
-    rows = torch.arange(out_len, device=device)
+    mat = torch.zeros(out_len, in_len)
+    rows = torch.arange(out_len)
     mat.index_put_((rows, low), 1 - frac, accumulate=True)
     mat.index_put_((rows, high), frac, accumulate=True)
-    return mat
+    return mat.to(device)
 
 
 @torch.no_grad()
@@ -249,7 +254,7 @@ def predict_ids(
     separable interpolation matrices), softmax, average and reduce a band of output rows at a time.
 
     Returns:
-        int64 class ids.
+        uint8 class ids (a model with more than 256 classes is refused).
 
     Shape:
         images: (B, 3, h, w) -> (B, H, W).
@@ -257,7 +262,8 @@ def predict_ids(
     out_hw = (int(out_size[0]), int(out_size[1]))
     if out_hw[0] * out_hw[1] <= probs_pixel_limit:
         probs = predict_probs(model, images, out_size=out_hw, scales=scales, flip=flip, input_size=input_size)
-        return probs.argmax(dim=1)
+        _check_id_range(probs.shape[1])
+        return probs.argmax(dim=1).to(torch.uint8)
     scales = check_scales(scales, "scales")
     if input_size is not None:
         images = resize_images(images, (int(input_size[0]), int(input_size[1])))
@@ -266,8 +272,9 @@ def predict_ids(
     height, width = out_hw
     device = passes[0].device
     rows = [_upsample_matrix(height, p.shape[-2], device) for p in passes]
+    _check_id_range(passes[0].shape[1])
     band = max(1, _BAND_PIXELS // max(1, width))
-    ids = torch.empty((batch, height, width), dtype=torch.long, device=device)
+    ids = torch.empty((batch, height, width), dtype=torch.uint8, device=device)
     for r0 in range(0, height, band):
         r1 = min(height, r0 + band)
         total: Tensor | None = None
@@ -283,7 +290,7 @@ def predict_ids(
             part = part[:batch] + part[batch:] if flip else part
             total = part if total is None else total.add_(part)
         assert total is not None
-        ids[:, r0:r1] = total.argmax(dim=1)
+        ids[:, r0:r1] = total.argmax(dim=1).to(torch.uint8)
     return ids
 
 

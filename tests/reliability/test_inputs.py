@@ -142,7 +142,7 @@ def test_tiles_and_bands_match_the_whole_image_computation() -> None:
         assert torch.allclose(tiled_logits(model, x, pixel_limit=1000, tile=(96, 128)), model(x), atol=1e-5)
     images = torch.randn(2, 3, 48, 80)
     for flip in (False, True):
-        full = predict_probs(model, images, out_size=(301, 413), scales=(0.5, 1.0), flip=flip).argmax(1)
+        full = predict_probs(model, images, out_size=(301, 413), scales=(0.5, 1.0), flip=flip).argmax(1).byte()
         banded = predict_ids(model, images, out_size=(301, 413), scales=(0.5, 1.0), flip=flip, probs_pixel_limit=1)
         assert torch.equal(full, banded)
 
@@ -167,6 +167,8 @@ def test_python_and_config_values_are_validated(checkpoints: dict[str, Path]) ->
             proca.predict(checkpoints["c19"], PHOTO, scales=scales)
     with pytest.raises(ConfigError, match="input_size 0x0"):
         proca.predict(checkpoints["c19"], PHOTO, input_size=(0, 0))
+    with pytest.raises(ConfigError, match=r"sides must stay within 1\.\.8192"):
+        predict_probs(_Local(), torch.zeros(1, 3, 2100, 16), out_size=(8, 8), scales=(4.0,))
     from proca.config import resolve_config
 
     for override in ("eval.scales=[0.0]", "eval.input_size=[0,0]", "ssl.scale=[0.5,100]"):

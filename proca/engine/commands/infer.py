@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
@@ -109,7 +108,7 @@ def run_infer(
             prepared, batch_size=batch_size, indices=order, num_workers=default_num_workers(dev)
         ):
             ids = predict_ids(model, batch.images.to(dev), out_size=batch.out_size, scales=scales, flip=flip)
-            pred = ids.to(torch.uint8).cpu().numpy()
+            pred = ids.cpu().numpy()
             del ids
             for k, index in enumerate(batch.indices):
                 path = targets[index]
