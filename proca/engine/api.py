@@ -111,6 +111,7 @@ def predict(
     from torchvision import tv_tensors
 
     from proca.config import check_scales, check_size
+    from proca.data._decode import image_to_rgb8
     from proca.data.transforms import test_transform
     from proca.engine.device import resolve_device
     from proca.engine.predict import aspect_input_size, eval_input_size, load_for_inference, predict_ids
@@ -119,7 +120,7 @@ def predict(
     if input_size is not None:
         input_size = check_size(input_size, "input_size")
     dev = resolve_device(device)
-    photo = _photo(image)
+    rgb = image_to_rgb8(image)  # (3, H, W) uint8, no copy kept: a huge photo is held once
     if isinstance(checkpoint_or_model, nn.Module):
         model = checkpoint_or_model
         _model_class_set(model)
@@ -130,9 +131,9 @@ def predict(
     else:
         model, _, meta = load_for_inference(checkpoint_or_model, dev)
         reference = eval_input_size(meta, checkpoint_or_model) if input_size is None else input_size
-    h, w = photo.shape[:2]
+    h, w = int(rgb.shape[-2]), int(rgb.shape[-1])
     size = (int(input_size[0]), int(input_size[1])) if input_size is not None else aspect_input_size((h, w), reference)
-    pixels = tv_tensors.Image(torch.from_numpy(np.array(photo, dtype=np.uint8)).permute(2, 0, 1))
+    pixels = tv_tensors.Image(rgb)
     x = test_transform(size)(pixels).as_subclass(torch.Tensor).float()
     was_training = model.training
     model.eval()
