@@ -244,6 +244,13 @@ def test_every_writing_command_refuses_to_overwrite_without_force(
     assert_user_error(invoke(ev), "--json", "exists", "--force")
     assert taken.read_text() == "{}"
     assert invoke([*ev, "--force"]).exit_code == 0 and json.loads(taken.read_text())["miou"] is not None
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "iou.png").write_bytes(b"mine")
+    report = ["eval", checkpoints["c19"], "--data-root", data_root, "--device", "cpu", "--report", tmp_path / "report"]
+    assert_user_error(invoke(report), "--report", "iou.png", "--force")
+    assert (tmp_path / "report" / "iou.png").read_bytes() == b"mine"
+    assert_user_error(invoke(["demo", "--out", tmp_path / "demo", "--json", taken]), "--json", "exists", "--force")
+    assert not (tmp_path / "demo").exists()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "p.png").write_bytes(b"mine")
     inf = ["infer", checkpoints["c19"], photo, "--out", tmp_path / "out"]
