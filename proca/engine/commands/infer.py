@@ -78,16 +78,8 @@ def run_infer(
     dataset = ImageFolderDataset(list(inputs), exclude=[out])
     if len(dataset) == 0:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}; give image files, folders or globs.")
-    dev = resolve_device(device)
-    model, class_set, meta = load_for_inference(checkpoint, dev)
-    reference = eval_input_size(meta, checkpoint) if input_size is None else input_size
-    if input_size is None:
-        check_eval_size(checkpoint, reference, dataset.images[0])
-
-    def size_fn(photo_size: tuple[int, int]) -> tuple[int, int]:
-        return tuple(input_size) if input_size is not None else aspect_input_size(photo_size, reference)  # type: ignore[return-value]
-
-    prepared = PreparedDataset(dataset, size_fn=size_fn, keep_photo=fmt == "overlay")
+    # the order (by size: the headers are read, a too large image is refused) and the output files are
+    # settled before the checkpoint is loaded, so an existing output is refused before any work
     files = [str(f) for f in getattr(dataset, "files", [])]
     if len(files) == len(dataset):
         order = sorted(range(len(dataset)), key=lambda i: (_size_key(files[i]), i))
@@ -102,6 +94,16 @@ def run_infer(
         used[base] = count + 1
         targets[index] = out / (f"{base}.png" if count == 0 else f"{base}_{count}.png")
     check_new_files(list(targets.values()), force=force, option="--out")
+    dev = resolve_device(device)
+    model, class_set, meta = load_for_inference(checkpoint, dev)
+    reference = eval_input_size(meta, checkpoint) if input_size is None else input_size
+    if input_size is None:
+        check_eval_size(checkpoint, reference, dataset.images[0])
+
+    def size_fn(photo_size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(input_size) if input_size is not None else aspect_input_size(photo_size, reference)  # type: ignore[return-value]
+
+    prepared = PreparedDataset(dataset, size_fn=size_fn, keep_photo=fmt == "overlay")
     written: dict[int, Path] = {}
     with AsyncWriter() as writer, ProgressBar(len(order), "infer", enabled=progress) as bar:
         for batch in iterate_batches(
