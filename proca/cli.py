@@ -142,10 +142,6 @@ class SourceName(str, Enum):
     synthia = "synthia"
 
 
-class TargetName(str, Enum):
-    cityscapes = "cityscapes"
-
-
 class Stage(str, Enum):
     all = "all"
     source = "source"
@@ -204,10 +200,11 @@ DataRootOpt = Annotated[
     typer.Option(
         "--data-root",
         metavar="DIR",
-        help="Folder holding cityscapes/ (as for proca train); the Cityscapes folder itself (with leftImg8bit/) "
-        "works too.",
+        help="Datasets folder holding cityscapes/ (or the --dataset's folder: acdc/, bdd100k/, ...), as for proca "
+        "train; the dataset folder itself (e.g. with leftImg8bit/) works too.",
     ),
 ]
+_SKIP_BAD_HELP = "Skip and count unreadable label files and image/label pairs of different sizes."
 CkptArg = Annotated[
     Path, typer.Argument(metavar="CKPT", help="A proca .safetensors checkpoint or a released .pth file.")
 ]
@@ -239,7 +236,13 @@ def synth(
 
 @app.command("label-info")
 def label_info(
-    dataset: Annotated[SourceName, typer.Argument(help="Source dataset whose labels to scan.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help="Labelled dataset to scan: gtav, synthia, or a built-in one (acdc, bdd100k, mapillary, ...).",
+        ),
+    ],
     root: Annotated[Path, typer.Option("--root", help="Dataset root, e.g. datasets/gtav.")],
     out: Annotated[
         Path | None, typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
@@ -248,7 +251,11 @@ def label_info(
         Path | None, typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP)] = False,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset (default: its first labelled one)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output JSON.")] = False,
 ) -> None:
     """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
@@ -257,12 +264,13 @@ def label_info(
 
     proca label-info gtav --root datasets/gtav
     proca label-info synthia --root datasets/synthia --workers 8 --skip-bad
+    proca label-info bdd100k --root datasets --split train
     """
     with _user_errors():
         from proca.data.label_info import run_label_info
 
         run_label_info(
-            dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, force=force
+            dataset, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, split=split, force=force
         )
 
 
@@ -278,18 +286,25 @@ def train(
         ),
     ] = None,
     tgt: Annotated[
-        TargetName | None,
-        typer.Option("--tgt", help="Unlabelled target dataset (default: cityscapes).", rich_help_panel=_DATA),
+        str | None,
+        typer.Option(
+            "--tgt",
+            metavar="NAME",
+            help="Target dataset, a built-in name: cityscapes (default), acdc, acdc_fog|night|rain|snow, dark_zurich, "
+            "bdd100k, mapillary (see docs/data.md).",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     data_root: Annotated[
         Path,
         typer.Option(
-            "--data-root", metavar="DIR", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA
+            "--data-root",
+            metavar="DIR",
+            help="Datasets folder holding gtav/, synthia/ and the target's folder (cityscapes/, acdc/, ...).",
+            rich_help_panel=_DATA,
         ),
     ] = Path("datasets"),
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
-    ] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP, rich_help_panel=_DATA)] = False,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -442,7 +457,7 @@ def train(
         }
         cfg = train_config(
             src=src.value if src else None,
-            tgt=tgt.value if tgt else None,
+            tgt=tgt,
             config_file=config,
             overrides=list(set_ or []),
             options=options,
@@ -512,7 +527,17 @@ def pseudo_label(
 def eval_(
     checkpoint: CkptArg,
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split.")] = "val",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            metavar="NAME",
+            help="Built-in dataset: cityscapes, acdc, acdc_fog|night|rain|snow, dark_zurich, bdd100k, mapillary.",
+        ),
+    ] = "cityscapes",
+    split: Annotated[
+        str | None, typer.Option("--split", metavar="SPLIT", help="Split (default: the dataset's val split).")
+    ] = None,
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
@@ -530,11 +555,12 @@ def eval_(
         bool, typer.Option("--force", help="Overwrite existing --json, --save-predictions or --report files.")
     ] = False,
 ) -> None:
-    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models).
+    """Evaluate a checkpoint on Cityscapes or another built-in dataset (mIoU; mIoU13 too for SYNTHIA models).
 
     Examples:
 
     proca eval runs/x/ssl.safetensors --data-root datasets --json eval.json
+    proca eval runs/x/ssl.safetensors --dataset acdc_night --data-root datasets
     proca eval CKPT --data-root datasets --scales 0.5,1,1.5 --flip
     proca eval model_proca_ssl.pth --save-predictions preds --format color
     """
@@ -545,6 +571,7 @@ def eval_(
         run_eval(
             checkpoint,
             data_root=data_root,
+            dataset=dataset,
             split=split,
             scales=_parse_scales(scales),
             flip=flip,

@@ -326,7 +326,11 @@ class TrainConfig(_Model):
     """The whole recipe: data, model, run-time options and one sub-model per stage."""
 
     src: Literal["gtav", "synthia"] = "gtav"
-    tgt: Literal["cityscapes"] = "cityscapes"
+    tgt: str = Field(
+        "cityscapes",
+        description="Target dataset: a built-in name (proca.data.registry: cityscapes, acdc, acdc_night, dark_zurich, "
+        "bdd100k, mapillary, ...); its train images are the unlabelled target, its val split validates.",
+    )
     class_set: Literal["cityscapes19", "synthia16"] = "cityscapes19"
     method: Literal["prototype", "memory-bank"] = Field(
         "prototype", description="Adaptation loss of the proca stage: prototype (the paper) or memory-bank."
@@ -361,6 +365,15 @@ class TrainConfig(_Model):
             raise ValueError(f"unknown architecture {value!r}; valid: {', '.join(MODEL_BUILDERS)}")
         return value
 
+    @field_validator("tgt")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        from proca.data.registry import TARGET_NAMES
+
+        if value not in TARGET_NAMES:
+            raise ValueError(f"unknown target dataset {value!r}; valid: {', '.join(TARGET_NAMES)}")
+        return value
+
     @model_validator(mode="after")
     def _class_set_matches_source(self) -> TrainConfig:
         expected = "synthia16" if self.src == "synthia" else "cityscapes19"
@@ -389,12 +402,20 @@ def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
     }
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "gtav->cityscapes": _preset("gtav"),
-    "synthia->cityscapes": _preset("synthia"),
-}
+def _presets() -> dict[str, dict[str, Any]]:
+    from proca.data.registry import TARGET_NAMES
+
+    out: dict[str, dict[str, Any]] = {}
+    for src in ("gtav", "synthia"):
+        for tgt in TARGET_NAMES:  # other targets use the <src> -> cityscapes recipe with their own images
+            out[f"{src}->{tgt}"] = {**_preset(src), "tgt": tgt}
+    return out
+
+
+PRESETS: dict[str, dict[str, Any]] = _presets()
 """The released recipes, keyed ``"<src>-><tgt>"``: only what differs from the fields' defaults (the defaults
-are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field)."""
+are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field). A built-in
+target other than Cityscapes (:data:`proca.data.registry.TARGET_NAMES`) uses the ``<src> -> cityscapes`` recipe."""
 
 
 def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
@@ -404,6 +425,10 @@ def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
         ConfigError: no preset for that pair.
     """
     key = f"{src}->{tgt}"
+    if key not in PRESETS and src in ("gtav", "synthia"):
+        from proca.data.registry import TARGET_NAMES
+
+        raise ConfigError(f"--tgt {tgt!r} is not a built-in target dataset; valid: {', '.join(TARGET_NAMES)}.")
     if key not in PRESETS:
         raise ConfigError(f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)}.")
     return copy.deepcopy(PRESETS[key])

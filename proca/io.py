@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "check_new_file",
     "check_new_files",
+    "check_writable",
     "save_image_atomic",
 ]
 
@@ -142,3 +143,29 @@ def check_new_files(paths: list[Path], *, force: bool = False, option: str = "")
         raise OutputError(
             f"{where}{existing[0]} exists{more}; pass --force to overwrite, or choose another output folder"
         )
+
+
+def check_writable(path: str | os.PathLike[str], flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file given for a folder (or a folder
+    for a file), or a path whose nearest existing parent is a file or not writable. Nothing is created.
+
+    Args:
+        path: the output file (``folder=False``) or folder.
+        flag: the option that gave it, for the message (``--json``, ``--out``).
+        folder: ``path`` is a folder to create or fill.
+
+    Raises:
+        OutputError: naming the option, the path and what to give instead.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise OutputError(f"{flag} {target} is a file; give a folder (new or existing).")
+    if not folder and target.is_dir():
+        raise OutputError(f"{flag} {target} is a folder; give a file path such as {target / 'results.json'}.")
+    parent = target if folder and target.is_dir() else target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {target} cannot be created: {parent} is a file, not a folder; give another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {target} cannot be written: no write permission in {parent}; give another path.")

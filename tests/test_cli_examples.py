@@ -89,6 +89,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("examples")
     write_synthetic_datasets(root / "datasets", seed=0, num_train=2, num_val=1, size=(32, 64), progress=False)
+    from tests.data._benchmarks import write_all
+
+    write_all(root / "datasets")  # acdc/, dark_zurich/, bdd100k/, mapillary/
     meta = {"class_set": "cityscapes19", "eval_input_size": [32, 64]}
     model = build_model("deeplabv2_resnet18")
     for name in ("CKPT", "ssl.safetensors", "runs/x/ssl.safetensors", "runs/x/proca.safetensors"):

@@ -42,11 +42,15 @@ __all__ = [
 
 # Valid raw ids per label space: (largest valid id, extra ids allowed).
 # Cityscapes/GTA5: 0..33, plus 255, the 8-bit form of the license-plate id -1.
-# SYNTHIA RAND-CITYSCAPES: 0..22.
+# SYNTHIA RAND-CITYSCAPES: 0..22. ACDC and Dark Zurich use the Cityscapes ids.
 RAW_ID_RANGES: dict[str, tuple[int, tuple[int, ...]]] = {
     "cityscapes": (33, (255,)),
     "gtav": (33, (255,)),
     "synthia": (22, ()),
+    # BDD100K sem_seg masks: the 19 Cityscapes train ids and 255.
+    "cityscapes_trainid": (18, (255,)),
+    # Mapillary Vistas v1.2 labels: the 66 class ids (65 = unlabeled).
+    "vistas": (65, ()),
 }
 
 

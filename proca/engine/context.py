@@ -28,6 +28,8 @@ class RunContext:
         progress: show progress bars (rank 0).
         label_info: path of the source label info (set by the driver before the source stages).
         results: per-stage validation results the driver collects (``{"source": {...}}``).
+        skip_bad: ``--skip-bad``: source pairs the label info left out (unreadable, image/label sizes differ)
+            are not trained on, also without class-balanced sampling.
     """
 
     cfg: TrainConfig
@@ -38,6 +40,7 @@ class RunContext:
     progress: bool = True
     label_info: Path | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skip_bad: bool = False
 
     @property
     def device(self) -> torch.device:

@@ -95,11 +95,11 @@ def validate(ctx: RunContext, model: nn.Module, *, progress: bool | None = None)
     Returns:
         ``{"miou": percent, "per_class": {...}}`` (plus ``miou13`` for SYNTHIA classes).
     """
-    from proca.data.datasets import CityscapesDataset
+    from proca.data.registry import open_target_val
     from proca.engine.evaluate import evaluate
 
     cfg = ctx.cfg
-    dataset: Any = CityscapesDataset(ctx.data_root / "cityscapes", split="val", class_set=ctx.class_set)
+    dataset: Any = open_target_val(cfg.tgt, ctx.data_root, class_set=ctx.class_set)
     if cfg.eval.max_images is not None and cfg.eval.max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(cfg.eval.max_images))
     result = evaluate(

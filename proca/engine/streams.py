@@ -203,19 +203,20 @@ def source_root(ctx: RunContext) -> Path:
 
 def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int = 1) -> Path:
     """The source label info: ``SRC_ROOT/<src>_label_info.json`` (or the release's ``.p``) if present,
-    else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing."""
+    else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing. The file used is recorded in
+    ``RUN/inputs.json`` (path and SHA-256), so that ``--resume`` can refuse another or a changed one."""
+    from proca.engine.runfolder import check_label_info_identity, label_info_candidates
+
     root = source_root(ctx)
-    candidates = (
-        root / f"{ctx.cfg.src}_label_info.json",
-        root / f"{ctx.cfg.src}_label_info.p",
-        ctx.path(f"{ctx.cfg.src}_label_info.json"),
-    )
+    candidates = label_info_candidates(ctx.data_root, ctx.cfg.src, ctx.run_dir)
     found = next((c for c in candidates if c.is_file()), None)
     # a collective: every process has looked before process 0 may write the file below
     if not any_flag(found is None, ctx.device):
         assert found is not None
+        if ctx.is_main:
+            check_label_info_identity(ctx.run_dir, found, write=True)
         return found
-    target = ctx.path(f"{ctx.cfg.src}_label_info.json")
+    target = candidates[-1]
     if ctx.is_main:
         from proca.data.label_info import build_label_info
 
@@ -225,6 +226,10 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int =
             class_set=ctx.class_set,
         )  # fmt: skip
         info.save(target)
+        if info.skipped:
+            ctx.say(f"label info: {len(info.skipped)} of {len(info.skipped) + len(info.files)} files skipped "
+                    f"(--skip-bad: {info.skip_summary()}); they are not trained on")  # fmt: skip
+        check_label_info_identity(ctx.run_dir, target, write=True)
     barrier()
     return target
 
@@ -232,9 +237,18 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int =
 def source_dataset(
     ctx: RunContext, *, size: Sequence[int], jitter: bool, files: Sequence[str] | None = None, train: bool = True
 ) -> Dataset:
-    """The source train set with the source transform (resize, optional colour augmentation, normalise)."""
+    """The source train set with the source transform (resize, optional colour augmentation, normalise).
+
+    With ``--skip-bad`` (and no ``files``) only the files the label info kept: the pairs it left out
+    (unreadable, image and label of different sizes) are never read.
+    """
     from proca.data.datasets import GTA5Dataset, SynthiaDataset
     from proca.data.transforms import source_train_transform
+
+    if files is None and ctx.skip_bad and ctx.label_info is not None:
+        from proca.data.label_info import read_label_info
+
+        files = read_label_info(ctx.label_info).files
 
     transform = source_train_transform((int(size[0]), int(size[1])), jitter=jitter and train)
     root = source_root(ctx)
@@ -262,17 +276,13 @@ def source_stream(
 
 
 def target_dataset(ctx: RunContext, *, size: Sequence[int]) -> Dataset:
-    """The unlabelled target train set (Cityscapes train images), resized and normalised."""
-    from proca.data.datasets import CityscapesDataset
+    """The unlabelled target train set (the train images of ``tgt``, see :mod:`proca.data.registry`), resized
+    and normalised."""
+    from proca.data.registry import open_target_images
     from proca.data.transforms import target_train_transform
 
-    return CityscapesDataset(
-        ctx.data_root / "cityscapes",
-        split="train",
-        class_set=ctx.class_set,
-        labels=False,
-        transform=target_train_transform((int(size[0]), int(size[1]))),
-    )
+    transform = target_train_transform((int(size[0]), int(size[1])))
+    return open_target_images(ctx.cfg.tgt, ctx.data_root, class_set=ctx.class_set, transform=transform)
 
 
 def adaptation_streams(ctx: RunContext, plan: BatchPlan) -> list[Stream]:

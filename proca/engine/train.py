@@ -16,7 +16,8 @@ ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best
 ``--stage all`` skips every stage whose final file exists. Training stages write their resumable
 state to ``RUN/state/<stage>.safetensors`` every ``checkpoint_every`` iterations; ``--resume``
 continues from it exactly. ``RUN/config.json`` holds the resolved configuration (torchrun's processes
-read it), ``RUN/results.json`` the validation results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
+read it), ``RUN/inputs.json`` the data it reads (checked on ``--resume``), ``RUN/results.json`` the validation
+results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
 """
 
 from __future__ import annotations
@@ -45,15 +46,19 @@ from proca.engine.launch import (
 )
 from proca.engine.runfolder import (
     FINAL_OUTPUTS,
+    INPUTS_FILE,
     STAGES,
     RunLock,
+    check_data_identity,
     check_data_root,
+    check_label_info_identity,
     check_resume_config,
     check_run_dir,
     clear_run,
+    find_label_info,
     stage_outputs,
 )
-from proca.errors import ConfigError
+from proca.errors import ConfigError, DataError
 from proca.io import atomic_write_json
 
 __all__ = ["STAGES", "RunOptions", "run_pipeline", "run_train", "seeded_run", "stage_outputs", "train_config"]
@@ -155,7 +160,8 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
-    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
+    balanced = cfg.source.class_balanced or cfg.proca.class_balanced
+    if (stage in ("source", "proca") and balanced) or (stage in ("source", "prototypes", "proca") and skip_bad):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
@@ -200,7 +206,13 @@ def run_pipeline(
 
     dist = dist or DistInfo()
     ctx = RunContext(
-        cfg=cfg, run_dir=run_dir, data_root=data_root, dist=dist, backbone_weights=backbone_weights, progress=progress
+        cfg=cfg,
+        run_dir=run_dir,
+        data_root=data_root,
+        dist=dist,
+        backbone_weights=backbone_weights,
+        progress=progress,
+        skip_bad=skip_bad,
     )
     results_path = run_dir / "results.json"
     results: dict[str, dict[str, Any]] = {}
@@ -234,8 +246,14 @@ def run_pipeline(
 
 
 def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
-    """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
-    check_data_root(run.data_root, cfg.src, run.stages)
+    """What can be checked before anything is written or loaded: ``--out`` can be written, the dataset folders
+    and the files the stages read are there (the validation labels included), the label info is current, and
+    the ImageNet weights file exists."""
+    from proca.io import check_writable
+
+    check_writable(run.out, "--out", folder=True)
+    check_data_root(run.data_root, cfg.src, run.stages, cfg.tgt)
+    check_stage_data(cfg, run)
     weights = run.backbone_weights
     fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
@@ -245,13 +263,61 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
         )
 
 
+def check_stage_data(cfg: TrainConfig, run: RunOptions) -> None:
+    """The datasets the stages read list all their files (no decoding): the source pairs, the target train
+    images, the target's val images and labels every training stage validates on; and the label info the
+    source stages would use is current (:func:`proca.data.label_info.check_label_info_current`)."""
+    from proca.data.classes import get_class_set
+    from proca.data.datasets import GTA5Dataset, SynthiaDataset
+    from proca.data.registry import get_dataset, open_target_images, open_target_val
+
+    stages = set(run.stages)
+    class_set = get_class_set(cfg.class_set)
+    if stages & {"source", "prototypes", "proca"}:
+        src_root = run.data_root / cfg.src
+        if cfg.src == "synthia":
+            SynthiaDataset(src_root)
+        else:
+            GTA5Dataset(src_root, class_set=class_set)
+    if stages & {"proca", "pseudo-label", "ssl"}:
+        open_target_images(cfg.tgt, run.data_root, class_set=class_set)
+    if stages & {"source", "proca", "ssl"}:  # every training stage validates on the target's val split
+        try:
+            open_target_val(cfg.tgt, run.data_root, class_set=class_set)
+        except DataError as err:
+            title = get_dataset(cfg.tgt, flag="--tgt").title
+            raise DataError(f"{err} (every training stage validates on {title} val, with its labels)") from None
+    uses_info = (cfg.source.class_balanced and "source" in stages) or (cfg.proca.class_balanced and "proca" in stages)
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if (uses_info or run.skip_bad) and stages & {"source", "proca"} and found is not None:
+        from proca.data.label_info import check_label_info_current, read_label_info
+
+        check_label_info_current(read_label_info(found), found, run.data_root / cfg.src, cfg.src, run_dir=run.out)
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
-    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
+    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing.
+
+    A run that continues in an existing folder (``--resume``, or one more ``--stage``) must read the data it
+    started on (``RUN/inputs.json``: data root, image names, label-info file); ``--resume`` also refuses changed
+    config keys other than :data:`~proca.engine.runfolder.RESUME_FREE`. ``RUN/inputs.json`` is written here.
+    """
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
         clear_run(run.out, cfg.src, run.stages)
-    if run.resume:
-        check_resume_config(run.out, cfg)
+    flag = "--resume" if run.resume else f"--stage {run.stage}"
+    record = check_data_identity(run.out, run.data_root, cfg.src, cfg.tgt, flag=flag)
+    changes = check_resume_config(run.out, cfg) if run.resume else {}
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if found is not None and (run.out / INPUTS_FILE).is_file():
+        check_label_info_identity(run.out, found, write=False)
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.out / INPUTS_FILE, record)
+    if changes:  # config.json is rewritten with them when the run starts
+        from rich.console import Console
+
+        shown = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+        Console(stderr=True, highlight=False).print(f"resume: {shown} ({run.out / 'config.json'} updated)")
 
 
 def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> dict[str, dict[str, Any]]:

@@ -69,12 +69,14 @@ def run_infer(
         The files written, in input order.
     """
     from proca.data.datasets import ImageFolderDataset
+    from proca.io import check_writable
 
     check_format(fmt, INFER_FORMATS)
     if not inputs:
         raise DataError("no inputs given; name image files, folders or glob patterns.")
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the predictions (new or existing).")
+    check_writable(out, "--out", folder=True)
     dataset = ImageFolderDataset(list(inputs), exclude=[out])
     if len(dataset) == 0:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}; give image files, folders or globs.")

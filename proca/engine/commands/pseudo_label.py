@@ -35,6 +35,7 @@ def run_pseudo_label(
     """
     from proca.data.datasets import CityscapesDataset, cityscapes_root
     from proca.data.transforms import test_transform
+    from proca.io import check_writable
 
     city_root = cityscapes_root(data_root)
     out = Path(out)
@@ -42,6 +43,8 @@ def run_pseudo_label(
         raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {out} exists and is not empty; pass --force to overwrite its pseudo labels.")
+    check_writable(out, "--out", folder=True)
+    CityscapesDataset(city_root, split=split, labels=False)  # every image is there, before the model loads
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
     size = (int(input_size[0]), int(input_size[1])) if input_size is not None else eval_input_size(meta, checkpoint)
