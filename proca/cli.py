@@ -112,28 +112,29 @@ def _existing_checkpoint(path: Path, what: str = "checkpoint") -> Path:
     return path
 
 
-def _parse_size(value: str | None) -> tuple[int, int] | None:
-    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``."""
+def _parse_size(value: str | None, option: str = "--input-size") -> tuple[int, int] | None:
+    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``; sides in ``proca.config.SIZE_RANGE``."""
     if value is None:
         return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not HxW, for example 512x1024") from None
-    if h <= 0 or w <= 0:
-        raise typer.BadParameter(f"{value!r}: height and width must be positive")
-    return h, w
+    from proca.config import check_size
+    from proca.errors import ConfigError
+
+    parts = value.lower().split("x")
+    if len(parts) != 2:
+        raise ConfigError(f"{option} {value!r} is not HxW, for example 512x1024")
+    return check_size(parts, option)
 
 
 def _parse_scales(value: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of positive floats such as ``0.5,0.75,1``."""
+    """Parse comma-separated scales such as ``0.5,0.75,1``; each finite, in ``proca.config.SCALE_RANGE``."""
+    from proca.config import check_scales
+    from proca.errors import ConfigError
+
     try:
         scales = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter(f"{value!r}: give at least one scale, all positive")
-    return scales
+        raise ConfigError(f"--scales {value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
+    return check_scales(scales, "--scales")
 
 
 class SourceName(str, Enum):
@@ -225,9 +226,9 @@ def synth(
     proca synth --out synthetic
     proca synth --out small --train 16 --val 4 --size 128x256 --seed 1
     """
-    hw = _parse_size(size)
-    assert hw is not None
     with _user_errors():
+        hw = _parse_size(size, "--size")
+        assert hw is not None
         from proca.data.synthetic import write_synthetic_datasets
 
         write_synthetic_datasets(out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True)
@@ -255,6 +256,7 @@ def label_info(
         str | None,
         typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset (default: its first labelled one)."),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output JSON.")] = False,
 ) -> None:
     """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
 
@@ -267,7 +269,9 @@ def label_info(
     with _user_errors():
         from proca.data.label_info import run_label_info
 
-        run_label_info(dataset, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, split=split)
+        run_label_info(
+            dataset, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, split=split, force=force
+        )
 
 
 _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardware", "Run folder and config"
@@ -567,6 +571,9 @@ def eval_(
     ] = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing --json, --save-predictions or --report files.")
+    ] = False,
 ) -> None:
     """Evaluate a checkpoint on Cityscapes, another built-in dataset or a dataset card (mIoU; mIoU13 too for
     SYNTHIA models).
@@ -597,6 +604,7 @@ def eval_(
             report_dir=report,
             device=device,
             batch_size=batch_size,
+            force=force,
         )
 
 
@@ -611,6 +619,7 @@ def infer(
     input_size: SizeOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite prediction files that exist in --out.")] = False,
 ) -> None:
     """Segment your own images: coloured masks, overlays, or raw ids.
 
@@ -633,6 +642,7 @@ def infer(
             input_size=_parse_size(input_size),
             device=device,
             batch_size=batch_size,
+            force=force,
         )
 
 
@@ -643,6 +653,7 @@ def convert(
     class_set: Annotated[
         str | None, typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing DST.")] = False,
 ) -> None:
     """Convert a released .pth checkpoint into a proca .safetensors checkpoint.
 
@@ -655,7 +666,7 @@ def convert(
         _existing_checkpoint(src, "SRC")
         from proca.engine.commands.convert import run_convert
 
-        run_convert(src, dst, class_set=class_set)
+        run_convert(src, dst, class_set=class_set, force=force)
 
 
 @app.command()

@@ -30,7 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from proca.errors import ConfigError
 
 __all__ = [
+    "IMAGE_PIXEL_LIMIT",
     "PRESETS",
+    "SCALE_RANGE",
+    "SIZE_RANGE",
+    "TILE_PIXEL_LIMIT",
+    "TILE_SIZE",
     "TRAIN_OPTIONS",
     "AdamWConfig",
     "EvalConfig",
@@ -43,6 +48,8 @@ __all__ = [
     "TrainConfig",
     "apply_options",
     "apply_overrides",
+    "check_scales",
+    "check_size",
     "config_keys",
     "load_config_file",
     "preset",
@@ -59,10 +66,62 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
-def _check_size(value: Size) -> Size:
-    if value[0] <= 0 or value[1] <= 0:
-        raise ValueError(f"sizes are [H, W] with positive entries, got {list(value)}")
-    return value
+#: Test scales accepted by ``--scales``, ``eval.scales`` and ``proca.predict`` (inclusive).
+SCALE_RANGE: tuple[float, float] = (0.1, 4.0)
+#: Sides accepted for every image size (``--input-size``, ``--size``, config sizes, checkpoint metadata).
+SIZE_RANGE: tuple[int, int] = (16, 8192)
+#: Images with more pixels are refused before they are decoded (Pillow calls larger ones decompression
+#: bombs); 100 megapixels is e.g. 10000x10000.
+IMAGE_PIXEL_LIMIT = 100_000_000
+#: A network pass on more input pixels than this (e.g. a 2048x2048 input, or a large --input-size times a
+#: scale) runs in overlapping :data:`TILE_SIZE` windows whose logits are averaged, so memory stays bounded.
+TILE_PIXEL_LIMIT = 2048 * 2048
+#: The (H, W) window of tiled prediction; neighbouring windows overlap by a third.
+TILE_SIZE: tuple[int, int] = (1024, 1024)
+
+
+def check_scales(values: Sequence[float], option: str = "scales") -> tuple[float, ...]:
+    """The scales as floats when every one is finite and inside :data:`SCALE_RANGE`.
+
+    Raises:
+        ConfigError: empty, not numbers, non-finite or out of range; the message names ``option``.
+    """
+    low, high = SCALE_RANGE
+    try:
+        scales = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} {values!r}: give numbers such as 0.5,1,1.5") from None
+    bad = [s for s in scales if not (math.isfinite(s) and low <= s <= high)]
+    if not scales or bad:
+        what = f"{bad[0]:g} is not a finite scale" if bad else "no scale given; give finite scales"
+        raise ConfigError(f"{option}: {what} in [{low:g}, {high:g}] (e.g. 0.5,1,1.5)")
+    return scales
+
+
+def check_size(value: Sequence[Any], option: str = "size") -> Size:
+    """``(H, W)`` as ints when both sides are whole numbers inside :data:`SIZE_RANGE`.
+
+    Raises:
+        ConfigError: not two numbers, not whole, or out of range; the message names ``option``.
+    """
+    low, high = SIZE_RANGE
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) and v == int(v) and low <= v <= high for v in values):
+        shown = "x".join(f"{v:g}" for v in values) if len(values) == 2 else repr(value)
+        raise ConfigError(f"{option} {shown}: give HxW with whole sides in {low}..{high} (e.g. 512x1024)")
+    return int(values[0]), int(values[1])
+
+
+def _check_size(value: Size | None) -> Size | None:
+    if value is None:
+        return None
+    try:
+        return check_size(value, "the size")
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
 
 
 class _SolverFields(_Model):
@@ -215,13 +274,14 @@ class SelfTrainingStageConfig(_SolverFields):
     scale: tuple[float, float] = (0.5, 1.5)
     color_jitter: bool = Field(True, description="The stage-3 colour augmentations (flip p=0.5 always applies).")
 
-    _size = field_validator("input_size")(_check_size)
+    _size = field_validator("input_size", "scale_reference")(_check_size)
 
     @field_validator("scale")
     @classmethod
     def _scale_order(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1]:
-            raise ValueError(f"scale must be [low, high] with 0 < low <= high, got {list(value)}")
+        low, high = SCALE_RANGE
+        if not (math.isfinite(value[0]) and math.isfinite(value[1]) and low <= value[0] <= value[1] <= high):
+            raise ValueError(f"scale must be [low, high] with {low:g} <= low <= high <= {high:g}, got {list(value)}")
         return value
 
 
@@ -235,6 +295,14 @@ class EvalConfig(_Model):
     max_images: int | None = Field(None, gt=0, description="Only evaluate the first N val images (None: all).")
 
     _size = field_validator("input_size")(_check_size)
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        try:
+            return check_scales(value, "the scales")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
 
 class AdamWConfig(_Model):

@@ -254,7 +254,7 @@ def _select(files: Sequence[str] | None, list_file: str | os.PathLike[str] | Non
         return read_list_file(list_file)
     names = _list_images(image_dir)
     if not names:
-        raise DataError(f"image folder {image_dir} holds no .png/.jpg files")
+        raise DataError(f"image folder {image_dir} holds no .png/.jpg/.webp files")
     return names
 
 
@@ -431,19 +431,32 @@ class ImageFolderDataset(SegmentationDataset):
     Args:
         inputs: image files, folders or glob patterns (``"shots/*.jpg"``).
         transform: callable on the sample dict.
+        exclude: folders whose images a folder or glob input skips (``proca infer`` passes its ``--out``, so
+            predictions written inside an input folder are not read back as photos on the next run).
+            A file named directly is always read.
     """
 
-    def __init__(self, inputs: Sequence[str | os.PathLike[str]], *, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        *,
+        transform: Transform | None = None,
+        exclude: Sequence[str | os.PathLike[str]] = (),
+    ) -> None:
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        skipped = [Path(e).resolve() for e in exclude]
         paths: list[Path] = []
         names: list[str] = []
         seen_paths: set[Path] = set()
         seen_names: set[str] = set()
         for item in inputs:
+            named = Path(item).is_file()
             for path, name in _expand_input(item):
                 resolved = path.resolve()
                 if resolved in seen_paths:
+                    continue
+                if not named and any(resolved.is_relative_to(folder) for folder in skipped):
                     continue
                 seen_paths.add(resolved)
                 unique, k = name, 1

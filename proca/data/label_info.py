@@ -583,8 +583,10 @@ def build_label_info(
 def regenerate_command(dataset: str, root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
     """The command that rewrites the label-info file ``path`` of the dataset at ``root``."""
     default = Path(root) / f"{dataset}_label_info.json"
-    target = "" if Path(path) == default or Path(path).suffix == ".p" else f" --out {path}"
-    return f"proca label-info {dataset} --root {root}{target}"
+    to_default = Path(path) == default or Path(path).suffix == ".p"
+    target = "" if to_default else f" --out {path}"
+    force = " --force" if (default if to_default else Path(path)).exists() else ""  # it refuses to overwrite
+    return f"proca label-info {dataset} --root {root}{target}{force}"
 
 
 def check_label_info_current(
@@ -680,15 +682,18 @@ def run_label_info(
     workers: int = 0,
     skip_bad: bool = False,
     split: str | None = None,
+    force: bool = False,
 ) -> Path:
     """CLI entry of ``proca label-info``: scan, write ``out`` (default ``ROOT/<dataset>_label_info.json``), report.
+
+    An existing ``out`` is refused before the scan unless ``force`` (the overwrite policy of every command).
 
     Returns:
         The path written.
     """
     from rich.console import Console
 
-    from proca.io import check_writable
+    from proca.io import check_new_file, check_writable
 
     console = Console(stderr=True, highlight=False)
     if out is not None:
@@ -702,6 +707,7 @@ def run_label_info(
         target = get_dataset(dataset).resolve_root(root, flag="--root") / f"{dataset}{suffix}_label_info.json"
     if Path(root).is_dir():  # a missing root is named by the scan, with the expected layout
         check_writable(target, "--out")
+    check_new_file(target, force=force, option="--out")
     start = time.perf_counter()
     info = build_label_info(
         dataset, root, list_file=list_file, workers=workers, skip_bad=skip_bad, progress=True, split=split

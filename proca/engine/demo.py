@@ -156,6 +156,11 @@ def run_demo(
     out = Path(out)
     if json_path is not None and Path(json_path).is_dir():
         raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
+    if json_path is not None and Path(json_path).exists() and not force:
+        raise OutputError(
+            f"--json {json_path} exists; choose another path, or pass --force to overwrite it (--force also runs "
+            "the demo again)"
+        )
     finished = out / "demo.json"
     if json_path is not None and finished.is_file() and not force:
         # the results of the demo already in ``out``: no need to train again

@@ -101,8 +101,9 @@ def test_a_card_scores_exactly_like_the_same_data_as_cityscapes(
 ) -> None:
     card = _card(data, card_name, CARDS[card_name])
     scores = []
-    for extra in (["--data-root", str(data)], ["--dataset", str(data / "cityscapes")], ["--dataset", str(card)]):
-        out = tmp_path / "m.json"
+    views = (["--data-root", str(data)], ["--dataset", str(data / "cityscapes")], ["--dataset", str(card)])
+    for i, extra in enumerate(views):
+        out = tmp_path / f"m{i}.json"
         result = runner.invoke(app, ["eval", str(ckpt), *extra, "--json", str(out)])
         assert result.exit_code == 0, result.output
         metrics = json.loads(out.read_text())

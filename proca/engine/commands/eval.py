@@ -13,7 +13,7 @@ from proca.engine.device import resolve_device
 from proca.engine.encode import EVAL_FORMATS, check_format, prediction_path, save_prediction
 from proca.engine.evaluate import evaluate
 from proca.engine.loop import AsyncWriter, Batch
-from proca.engine.predict import check_eval_size, load_for_inference
+from proca.engine.predict import check_eval_size, eval_input_size, load_for_inference
 from proca.engine.results import EvalResult
 from proca.errors import ConfigError
 
@@ -64,6 +64,7 @@ def run_eval(
     device: str = "auto",
     batch_size: int = 1,
     progress: bool = True,
+    force: bool = False,
 ) -> EvalResult:
     """``proca eval``: evaluate a checkpoint on a labelled dataset, print the table, write the requested files.
 
@@ -77,13 +78,15 @@ def run_eval(
         dataset: a built-in dataset name (:data:`proca.data.registry.BUILTIN_DATASETS`), a dataset card with
             labels or a Cityscapes folder (:func:`proca.data.targets.resolve_eval_dataset`).
         split: a labelled split (default: the dataset's validation split; a card has none).
+        force: replace existing output files (``--json``, predictions, report images); without it they are
+            refused before the checkpoint is loaded.
     """
     from proca import __version__
     from proca.data.classes import get_class_set
     from proca.data.registry import BUILTIN_DATASETS
     from proca.data.targets import resolve_eval_dataset
     from proca.data.transforms import test_transform
-    from proca.io import atomic_write_json, check_writable
+    from proca.io import atomic_write_json, check_new_file, check_new_files, check_writable
 
     check_format(fmt, EVAL_FORMATS)
     entry = BUILTIN_DATASETS.get(dataset)
@@ -100,12 +103,20 @@ def run_eval(
     ):
         if target is not None:
             check_writable(target, flag, folder=is_folder)
+    if json_path is not None:
+        check_new_file(json_path, force=force, option="--json")
+    if report_dir is not None:
+        check_new_files(
+            [Path(report_dir) / n for n in ("iou.png", "confusion.png", "examples.png")], force=force, option="--report"
+        )
     # images and labels are there, before the model loads (the class set only maps the label values)
-    resolve_eval_dataset(dataset, data_root, split=split, class_set=get_class_set("cityscapes19"))
+    listing, _ = resolve_eval_dataset(dataset, data_root, split=split, class_set=get_class_set("cityscapes19"))
+    if save_predictions is not None:
+        targets = [prediction_path(save_predictions, name, fmt) for name in listing.names]
+        check_new_files(targets, force=force, option="--save-predictions")
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
-    size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
-    size = (int(size[0]), int(size[1]))
+    size = (int(input_size[0]), int(input_size[1])) if input_size is not None else eval_input_size(meta, checkpoint)
     transform = test_transform(size)
     data, title = resolve_eval_dataset(dataset, data_root, split=split, class_set=class_set, transform=transform)
     if input_size is None:
