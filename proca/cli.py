@@ -477,6 +477,7 @@ def train(
             config_file=config,
             overrides=list(set_ or []),
             options=options,
+            resume_dir=out if resume else None,
         )
         if print_config:
             import json

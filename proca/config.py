@@ -700,12 +700,14 @@ def resolve_config(
     *,
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> TrainConfig:
     """Resolve the run's configuration: preset < ``config_file`` < ``overrides`` < the given options.
 
     Args:
         src, tgt: the dataset pair choosing the preset.
+        base: a whole config to start from instead of the preset (a resumed run's ``RUN/config.json``).
         config_file: TOML/JSON/YAML with any subset of keys.
         overrides: ``key.path=value`` strings (``--set``).
         options: :data:`TRAIN_OPTIONS` the user gave (None: not given, keeps the layers below).
@@ -713,7 +715,7 @@ def resolve_config(
     Raises:
         ConfigError: unknown keys or options (with a suggestion), invalid values or cross-field violations.
     """
-    data = preset(src, tgt)
+    data = preset(src, tgt) if base is None else copy.deepcopy(dict(base))
     if config_file is not None:
         loaded = load_config_file(config_file)
         _check_keys(loaded, TrainConfig, f"--config {config_file}")

@@ -119,14 +119,56 @@ def train_config(
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
+    resume_dir: Path | None = None,
 ) -> TrainConfig:
     """The run's config: the preset of ``src``/``tgt`` (given, else the config file's, else gtav -> cityscapes),
-    then the config file, ``--set`` overrides and the options the user gave (:func:`proca.config.resolve_config`)."""
+    then the config file, ``--set`` overrides and the options the user gave (:func:`proca.config.resolve_config`).
+
+    With ``resume_dir`` holding a ``config.json`` (``--resume``), that run's config is the starting point instead
+    of the preset: ``proca train --out RUN --resume`` continues with the options the run was started with, and
+    what is given on top of it is checked against :data:`~proca.engine.runfolder.RESUME_FREE` later.
+    """
+    saved = _saved_config(resume_dir) if resume_dir is not None else None
+    if saved is not None:
+        base = dict(saved)
+        for flag, key, given in (("--src", "src", src), ("--tgt", "tgt", tgt)):
+            if given is not None and _dataset_spec(given) != _dataset_spec(str(base.get(key))):
+                raise ConfigError(
+                    f"--resume: this run was started with {flag} {base.get(key)}, not {given}; leave {flag} out to "
+                    "continue it, or start a new run with another --out."
+                )
+        return resolve_config(
+            str(base.get("src", "gtav")), str(base.get("tgt", "cityscapes")), config_file=config_file,
+            overrides=overrides, base=base, **dict(options or {}),
+        )  # fmt: skip
     if src is None or tgt is None:
         loaded = load_config_file(config_file) if config_file is not None else {}
         src = src or str(loaded.get("src", "gtav"))
         tgt = tgt or str(loaded.get("tgt", "cityscapes"))
     return resolve_config(src, tgt, config_file=config_file, overrides=overrides, **dict(options or {}))
+
+
+def _dataset_spec(spec: str) -> str:
+    """A ``--src``/``--tgt`` value as compared on resume: a built-in name as is, a path resolved."""
+    from proca.data.registry import BUILTIN_DATASETS
+
+    if spec in BUILTIN_DATASETS or spec in ("gtav", "synthia"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """``RUN/config.json`` as a dict (None: no such file; an unreadable one is refused)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {path} ({err}); start a new run with another --out (or --force).") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} does not hold a config (a JSON object); start a new run with another --out.")
+    return doc
 
 
 @contextlib.contextmanager

@@ -244,3 +244,18 @@ def test_skip_bad_skips_image_label_size_mismatches(data_copy: Path, tmp_path: P
                      "--set", "source.class_balanced=false", "--skip-bad"])  # fmt: skip
     assert result.exit_code == 0, output_of(result)
     assert (run / "prototypes.safetensors").is_file() and "7/7" in output_of(result)
+
+
+def test_a_bare_resume_continues_with_the_runs_own_options(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = finished
+    run = _copy_run(run, tmp_path)
+    before = json.loads((run / "config.json").read_text())
+    # none of the run's options (arch, sizes, iterations, ...) repeated: RUN/config.json is the starting point
+    args = ["train", "--data-root", data, "--out", run, "--stage", "source", "--device", "cpu", "--resume"]
+    result = invoke(args)
+    assert result.exit_code == 0, output_of(result)
+    assert json.loads((run / "config.json").read_text()) == before
+    result = invoke([*args, "--print-config"])
+    assert json.loads(result.stdout)["arch"] == "deeplabv2_resnet18"
+    result = invoke([*args, "--src", "synthia"])
+    assert_user_error(result, "--resume", "started with --src gtav, not synthia", "leave --src out")
