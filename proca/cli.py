@@ -154,6 +154,11 @@ class Stage(str, Enum):
     ssl = "ssl"
 
 
+class Recipe(str, Enum):
+    proca = "proca"
+    daformer = "daformer"
+
+
 class Method(str, Enum):
     prototype = "prototype"
     memory_bank = "memory-bank"
@@ -373,6 +378,14 @@ def train(
     out: Annotated[
         Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.", rich_help_panel=_RUN)
     ] = Path("runs/proca"),
+    recipe: Annotated[
+        Recipe,
+        typer.Option(
+            "--recipe",
+            help="proca: the five ProCA stages; daformer: DAFormer's online self-training (docs/training.md).",
+            rich_help_panel=_RUN,
+        ),
+    ] = Recipe.proca,
     stage: Annotated[
         Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).", rich_help_panel=_RUN)
     ] = Stage.all,
@@ -421,6 +434,7 @@ def train(
     proca train --out runs/smoke --stage source --arch deeplabv2_resnet18
     proca train --src synthia --set proca.temperature=0.1 --print-config
     proca train --out runs/gta2city --resume
+    proca train --recipe daformer --arch daformer_mit_b5 --set daformer.mic=true --print-config
     """
     with _user_errors():
         from proca.engine.train import RunOptions, run_train, train_config
@@ -452,6 +466,7 @@ def train(
             data_root=data_root,
             out=out,
             stage=stage.value,
+            recipe=recipe.value,
             backbone_weights=backbone_weights,
             resume=resume,
             force=force,

@@ -32,10 +32,12 @@ FINAL_OUTPUTS = {
     "proca": "proca.safetensors",
     "pseudo-label": "pseudo_labels",
     "ssl": "ssl.safetensors",
+    "daformer": "daformer.safetensors",
 }
-"""The final output of each stage in RUN (a stage whose final output exists is skipped)."""
+"""The final output of each stage in RUN (a stage whose final output exists is skipped); ``daformer`` is the one
+stage of ``--recipe daformer``."""
 
-RESUME_FREE = {"num_workers", "log_every", "max_nonfinite", "source.lr", "proca.lr", "ssl.lr"}
+RESUME_FREE = {"num_workers", "log_every", "max_nonfinite", "source.lr", "proca.lr", "ssl.lr", "daformer.lr"}
 """Keys that may differ between a run and its resume: run-time only ones, which do not change the results,
 and the stages' learning rates and non-finite limit, so that a run stopped by non-finite losses can go on
 with a lower rate (the continuation then differs from the original schedule, by the user's choice)."""
@@ -44,7 +46,7 @@ with a lower rate (the continuation then differs from the original schedule, by 
 def stage_outputs(stage: str) -> list[str]:
     """The names (in RUN) a stage writes; the first is its final output."""
     names = [FINAL_OUTPUTS[stage]]
-    if stage in ("source", "proca", "ssl"):
+    if stage in ("source", "proca", "ssl", "daformer"):
         names += [f"{stage}.best.safetensors", f"{stage}.current.safetensors", f"state/{stage}.safetensors"]
         names += [f"{stage}.log.jsonl", f"tb/{stage}"]
     if stage == "pseudo-label":
@@ -76,8 +78,12 @@ def clear_run(run_dir: Path, src: str, stages: Sequence[str] = STAGES) -> None:
     ``--force --stage X`` clears X and the stages after it, never the outputs of earlier stages that X
     reads; ``--force`` with every stage also removes ``config.json`` and the generated label info.
     """
-    first = min(STAGES.index(s) for s in stages)
-    cleared = STAGES[first:]
+    cleared: tuple[str, ...]
+    if list(stages) == ["daformer"]:
+        first, cleared = 0, ("daformer",)
+    else:
+        first = min(STAGES.index(s) for s in stages)
+        cleared = STAGES[first:]
     for stage in cleared:
         for name in stage_outputs(stage):
             path = run_dir / name
@@ -212,7 +218,7 @@ def check_data_root(data_root: Path, src: str, stages: Sequence[str]) -> None:
     from proca.data.datasets import CITYSCAPES_LAYOUT, GTA5_LAYOUT, SYNTHIA_LAYOUT
 
     needed = [("cityscapes", CITYSCAPES_LAYOUT)]
-    if any(s in ("source", "prototypes", "proca") for s in stages):
+    if any(s in ("source", "prototypes", "proca", "daformer") for s in stages):
         needed.insert(0, (src, GTA5_LAYOUT if src == "gtav" else SYNTHIA_LAYOUT))
     for name, layout in needed:
         folder = data_root / name

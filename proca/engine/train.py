@@ -13,6 +13,9 @@ pseudo-label   RUN/proca[.best].safetensors        RUN/pseudo_labels/
 ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best.safetensors
 =============  ==================================  =============================================
 
+``--recipe daformer`` runs one stage instead, ``daformer`` (ImageNet weights, source, target ->
+``RUN/daformer.safetensors``, ``daformer.best.safetensors``), see :mod:`proca.engine.stages.daformer`.
+
 ``--stage all`` skips every stage whose final file exists. Training stages write their resumable
 state to ``RUN/state/<stage>.safetensors`` every ``checkpoint_every`` iterations; ``--resume``
 continues from it exactly. ``RUN/config.json`` holds the resolved configuration (torchrun's processes
@@ -66,7 +69,8 @@ class RunOptions:
     Attributes:
         data_root: folder holding ``gtav/``, ``synthia/``, ``cityscapes/``.
         out: the run folder.
-        stage: ``all`` or one of :data:`STAGES`.
+        stage: ``all`` or one of :data:`STAGES` (with ``recipe="daformer"``: ``all`` or ``daformer``).
+        recipe: ``proca`` (the five stages) or ``daformer`` (one online self-training stage).
         backbone_weights: ImageNet weights for fresh models (None: random init).
         resume: continue an interrupted run in ``out``.
         force: start over in an existing ``out``.
@@ -78,6 +82,7 @@ class RunOptions:
     data_root: Path = Path("datasets")
     out: Path = Path("runs/proca")
     stage: str = "all"
+    recipe: str = "proca"
     backbone_weights: Path | None = None
     resume: bool = False
     force: bool = False
@@ -88,6 +93,12 @@ class RunOptions:
     @property
     def stages(self) -> list[str]:
         """The stages to run, in order."""
+        if self.recipe == "daformer":
+            if self.stage not in ("all", "daformer"):
+                raise ConfigError(f"--stage {self.stage} belongs to --recipe proca; --recipe daformer has one stage.")
+            return ["daformer"]
+        if self.recipe != "proca":
+            raise ConfigError(f"--recipe {self.recipe!r} is not a recipe; valid: proca, daformer.")
         if self.stage != "all" and self.stage not in STAGES:
             raise ConfigError(f"--stage {self.stage!r} is not a stage; valid: all, {', '.join(STAGES)}.")
         return list(STAGES) if self.stage == "all" else [self.stage]
@@ -145,6 +156,7 @@ def seeded_run(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.stages import (
         ADAPTATION_METHODS,
+        DAFormerStage,
         SelfTrainingStage,
         SourceStage,
         run_prototype_stage,
@@ -155,7 +167,9 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
-    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
+    if (stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced)) or (
+        stage == "daformer" and cfg.daformer.rcs
+    ):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
@@ -165,6 +179,7 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
         "source": SourceStage,
         "proca": ADAPTATION_METHODS[cfg.method],
         "ssl": SelfTrainingStage,
+        "daformer": DAFormerStage,
     }
     loop = train_stage(ctx, classes[stage](ctx))
     entry: dict[str, Any] = {
@@ -237,7 +252,7 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
     """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
     check_data_root(run.data_root, cfg.src, run.stages)
     weights = run.backbone_weights
-    fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
+    fresh = {"source", "ssl", "daformer"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
         raise ConfigError(
             f"--backbone-weights {weights}: no such file; give the ImageNet weights file "

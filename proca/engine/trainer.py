@@ -180,6 +180,14 @@ class TrainingStage(abc.ABC):
         tensors = self.checkpoint_tensors()
         return {"prototypes": tensors} if tensors else {}
 
+    def kept_model(self) -> nn.Module:
+        """The network validated, kept as the best and saved as ``RUN/<name>.safetensors`` (default: ``sc.model``)."""
+        return self.sc.model
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """More validation results logged with each validation (e.g. a second network's mIoU); default none."""
+        return {}
+
     def step_state(self) -> list[Tensor]:
         """Tensors a step may change besides parameters and optimiser state; restored when it is skipped.
 
