@@ -163,7 +163,7 @@ def color_jitter(image: Tensor, strength: float, generator: torch.Generator) -> 
 
 
 def _blur_kernel_size(size: int) -> int:
-    """DAFormer's blur kernel: the odd number nearest to 10 % of the side (at least 1)."""
+    """DAFormer's blur kernel side: ceil(10 % of the side), minus one when that is even (at least 1)."""
     k = math.ceil(0.1 * size)
     return max(1, math.floor(k - 0.5 + k % 2))
 
