@@ -676,6 +676,10 @@ def demo(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, metavar="N", help="CPU threads for torch (default: all).")
     ] = None,
+    recipe: Annotated[
+        Recipe,
+        typer.Option("--recipe", help="proca: the five stages; daformer: source-only vs DAFormer self-training."),
+    ] = Recipe.proca,
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
 
@@ -686,6 +690,11 @@ def demo(
     proca demo --threads 2
     """
     with _user_errors():
+        if recipe == Recipe.daformer:
+            from proca.engine.demo_daformer import run_daformer_demo
+
+            run_daformer_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
+            return
         from proca.engine.demo import run_demo
 
         run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)

@@ -247,6 +247,9 @@ class DAFormerStageConfig(_SolverFields):
     weight_decay: float = Field(0.01, ge=0)
     batch_size: int = Field(2, gt=0, description="Source images per step (as many target images), all processes.")
     eval_every: int = Field(4000, ge=0, description="Validate student and teacher every N iterations (0: at the end).")
+    source_only: bool = Field(
+        False, description="Only the source terms (cross entropy, feature distance): the same run without adaptation."
+    )
     keep: Literal["student", "teacher"] = Field(
         "student", description="Which network RUN/daformer.safetensors holds (DAFormer evaluates the student)."
     )

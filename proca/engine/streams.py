@@ -54,6 +54,7 @@ STREAM_IDS = {
     "daformer_source": 6,
     "daformer_target": 7,
     "daformer_mix": 8,
+    "daformer_dropout": 9,
 }
 """Seed streams of the training stages' data (part of every sample's seed), of the memory bank's sampling and
 of the DAFormer stage's mixing and masking draws."""

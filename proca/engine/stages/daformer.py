@@ -322,7 +322,14 @@ class DAFormerStage(TrainingStage):
             ]
             return self._losses(step, gens, sc.images(src), sc.labels(src), sc.images(tgt))
 
-        return accumulate_and_step(sc, list(enumerate(micro)), compute)
+        # the student's dropout and stochastic depth draw from the global RNG: seeded per step and rank, so a
+        # resumed run draws what the uninterrupted one did (rebuilding the data loader draws from it too)
+        devices = [sc.device] if sc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=sc.device.type):
+            torch.manual_seed(
+                sample_seed(seed, STREAM_IDS["daformer_dropout"], step * sc.plan.world_size + sc.plan.rank)
+            )
+            return accumulate_and_step(sc, list(enumerate(micro)), compute)
 
     def _losses(self, step: int, gens: list[torch.Generator], src: Tensor, src_lbl: Tensor, tgt: Tensor) -> LossTerms:
         sec, sc, c = self.section, self.sc, self.ctx.cfg.num_classes
@@ -337,6 +344,8 @@ class DAFormerStage(TrainingStage):
                 s_last, imnet_last, src_lbl, classes=sec.fd_classes, min_ratio=sec.fd_scale_min_ratio, num_classes=c
             )
             terms["feat_dist"] = (fd, sec.fd_lambda)
+        if sec.source_only:
+            return terms
         with torch.no_grad(), sc.autocast():
             t_feat, t_logits = self.teacher.forward_features(tgt)  # type: ignore[operator]
         t_up = F.interpolate(t_logits.float(), size=tgt.shape[-2:], mode="bilinear", align_corners=False)
