@@ -35,7 +35,7 @@ DAFORMER_DEMO_OVERRIDES: list[tuple[str, Any, str]] = [
     ("num_workers", 0, "two CPU cores: loading in the training process is cheapest"),
     ("checkpoint_every", 100_000, "a few-minute run needs no resumable state"),
     ("log_every", 25, "short runs"),
-    ("daformer.iters", 400, "the CPU budget (docs/demo.md)"),
+    ("daformer.iters", 150, "the CPU budget (docs/demo.md)"),
     ("daformer.eval_every", 0, "validate once, at the end"),
     ("daformer.eval_teacher", True, "the teacher's mIoU is reported too"),
     ("adamw.lr", 6e-4, "random init needs a 10x larger rate than ImageNet fine-tuning"),
@@ -47,7 +47,7 @@ DAFORMER_DEMO_OVERRIDES: list[tuple[str, Any, str]] = [
     ("daformer.pseudo_ignore_bottom", 0, "synthetic scenes have no ego-vehicle hood to crop"),
     ("daformer.rcs_min_pixels", 300, "DAFormer's 3000 of ~2 MPixel labels, scaled to 96x192 scenes"),
     ("daformer.fd_lambda", 0.0, "no ImageNet weights: the frozen copy would be a random network"),
-    ("daformer.ema_alpha", 0.99, "a 400-step run: alpha 0.999 would keep the teacher at its early weights"),
+    ("daformer.ema_alpha", 0.99, "a 150-step run: alpha 0.999 would keep the teacher at its early weights"),
     ("eval.input_size", [96, 192], "small synthetic images"),
 ]
 """Config keys the demo sets differently from the gtav->cityscapes preset: (key, value, why)."""
