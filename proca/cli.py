@@ -151,6 +151,11 @@ class Stage(str, Enum):
     ssl = "ssl"
 
 
+class Recipe(str, Enum):
+    proca = "proca"
+    daformer = "daformer"
+
+
 class Method(str, Enum):
     prototype = "prototype"
     memory_bank = "memory-bank"
@@ -406,6 +411,16 @@ def train(
     out: Annotated[
         Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.", rich_help_panel=_RUN)
     ] = Path("runs/proca"),
+    recipe: Annotated[
+        Recipe | None,
+        typer.Option(
+            "--recipe",
+            help="proca: the five ProCA stages; daformer: DAFormer's online self-training (docs/training.md). "
+            "Default: proca, or with --resume the recipe of the run in --out.",
+            show_default=False,
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     stage: Annotated[
         Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).", rich_help_panel=_RUN)
     ] = Stage.all,
@@ -455,6 +470,7 @@ def train(
     proca train --src synthia --set proca.temperature=0.1 --print-config
     proca train --src gtav --tgt my_footage/ --out runs/gta2mine --print-config
     proca train --out runs/gta2city --resume
+    proca train --recipe daformer --arch daformer_mit_b5 --set daformer.mic=true --print-config
     """
     with _user_errors():
         from proca.engine.train import RunOptions, run_train, train_config
@@ -488,6 +504,7 @@ def train(
             data_root=data_root,
             out=out,
             stage=stage.value,
+            recipe=_train_recipe(recipe, out, resume),
             backbone_weights=backbone_weights,
             resume=resume,
             force=force,
@@ -498,6 +515,17 @@ def train(
             cfg, run, gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
             debug=_state["debug"],
         )  # fmt: skip
+
+
+def _train_recipe(recipe: Recipe | None, out: Path, resume: bool) -> str:
+    """``--recipe`` as given; not given: the recipe of the run being resumed, else ``proca``."""
+    if recipe is not None:
+        return recipe.value
+    if resume:
+        from proca.engine.runfolder import folder_recipe
+
+        return folder_recipe(out) or "proca"
+    return "proca"
 
 
 @app.command("pseudo-label")
@@ -722,6 +750,10 @@ def demo(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, metavar="N", help="CPU threads for torch (default: all).")
     ] = None,
+    recipe: Annotated[
+        Recipe,
+        typer.Option("--recipe", help="proca: the five stages; daformer: source-only vs DAFormer self-training."),
+    ] = Recipe.proca,
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
 
@@ -732,6 +764,11 @@ def demo(
     proca demo --threads 2
     """
     with _user_errors():
+        if recipe == Recipe.daformer:
+            from proca.engine.demo_daformer import run_daformer_demo
+
+            run_daformer_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
+            return
         from proca.engine.demo import run_demo
 
         run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)

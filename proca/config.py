@@ -38,6 +38,7 @@ __all__ = [
     "TILE_SIZE",
     "TRAIN_OPTIONS",
     "AdamWConfig",
+    "DAFormerStageConfig",
     "EvalConfig",
     "MemoryBankConfig",
     "ProcaStageConfig",
@@ -285,6 +286,85 @@ class SelfTrainingStageConfig(_SolverFields):
         return value
 
 
+PrototypeContrast = Literal["none", "prototype", "distribution"]
+
+
+class DAFormerStageConfig(_SolverFields):
+    """The ``daformer`` recipe (``proca train --recipe daformer``): one online self-training stage.
+
+    Defaults are DAFormer's GTA5 -> Cityscapes config (``gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5``):
+    40k iterations of AdamW (the ``adamw`` section: lr 6e-5, head x10, warm-up 1500, poly 1.0), 2 source + 2
+    target 512x512 crops per step, an EMA teacher (alpha 0.999) whose pseudo labels are weighted by the share
+    of pixels above 0.968 and cropped (top 15 / bottom 120 rows), ClassMix of half the source classes with
+    colour jitter and blur, rare-class sampling and the ImageNet feature distance on thing classes. MIC's
+    masked image consistency (``mic``) and ProCA's prototype contrast (``prototype_contrast``) are off.
+    See ``docs/training.md``.
+    """
+
+    iters: int = Field(40_000, gt=0)
+    lr: float = Field(6e-5, gt=0, description="Base rate with optimizer sgd (AdamW takes the adamw section's).")
+    poly_power: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(2, gt=0, description="Source images per step (as many target images), all processes.")
+    eval_every: int = Field(4000, ge=0, description="Validate student and teacher every N iterations (0: at the end).")
+    source_only: bool = Field(
+        False, description="Only the source terms (cross entropy, feature distance): the same run without adaptation."
+    )
+    keep: Literal["student", "teacher"] = Field(
+        "student", description="Which network RUN/daformer.safetensors holds (DAFormer evaluates the student)."
+    )
+    eval_teacher: bool = Field(True, description="Also validate the EMA teacher (logged as teacher_miou).")
+    source_size: Size = Field((720, 1280), description="Source resize [H, W] before the crop (SYNTHIA 760x1280).")
+    target_size: Size = Field((512, 1024), description="Target resize [H, W] before the crop.")
+    crop_size: Size = Field((512, 512), description="Training crop [H, W] of both domains.")
+    cat_max_ratio: float = Field(
+        0.75, gt=0, le=1, description="Source crops retried (10x) until no class covers more than this share."
+    )
+    flip: bool = Field(True, description="Random horizontal flip (p = 0.5) of both domains.")
+    ema_alpha: float = Field(0.999, ge=0, lt=1, description="Teacher EMA: min(1 - 1/(t+1), alpha).")
+    pseudo_threshold: float = Field(0.968, ge=0, le=1, description="Teacher confidence counted in the pseudo weight.")
+    pseudo_ignore_top: int = Field(15, ge=0, description="Rows at the top of a target crop with pseudo weight 0.")
+    pseudo_ignore_bottom: int = Field(120, ge=0, description="Rows at the bottom with pseudo weight 0.")
+    mix: Literal["class", "none"] = Field("class", description="class: DACS ClassMix of source classes into target.")
+    color_jitter_strength: float = Field(0.2, ge=0, description="Brightness/contrast/saturation/hue strength s.")
+    color_jitter_probability: float = Field(
+        0.2, ge=0, le=1, description="As DAFormer: jitter is applied when u ~ U(0,1) exceeds this (p = 0.8)."
+    )
+    blur: bool = Field(True, description="Gaussian blur (p = 0.5, sigma ~ U(0.15, 1.15)) of mixed images.")
+    rcs: bool = Field(True, description="Rare-class sampling of source images (needs the label info).")
+    rcs_temperature: float = Field(0.01, gt=0, description="T of p_c = softmax((1 - f_c) / T).")
+    rcs_min_pixels: int = Field(3000, ge=0, description="An image is sampled for class c if it has more pixels of c.")
+    rcs_min_crop_ratio: float = Field(
+        0.5, ge=0, description="Class-aware crop: retried (10x) until it holds > ratio x min_pixels of c."
+    )
+    fd_lambda: float = Field(0.005, ge=0, description="Weight of the ImageNet feature distance (0: off).")
+    fd_classes: tuple[int, ...] | None = Field(
+        (6, 7, 11, 12, 13, 14, 15, 16, 17, 18), description="Train ids the distance applies to (None: all pixels)."
+    )
+    fd_scale_min_ratio: float = Field(
+        0.75, ge=0, le=1, description="A feature pixel counts when one class covers this share of its label patch."
+    )
+    mic: bool = Field(False, description="MIC: masked image consistency on colour-augmented target images.")
+    mic_block_size: int = Field(64, gt=0, description="Side of the square mask patches in pixels.")
+    mic_ratio: float = Field(0.7, ge=0, lt=1, description="Share of patches masked.")
+    mic_lambda: float = Field(1.0, ge=0, description="Weight of the masked loss.")
+    mic_color_aug: bool = Field(True, description="Colour jitter and blur before masking (MIC's separatetrgaug).")
+    prototype_contrast: PrototypeContrast = Field(
+        "none", description="none; prototype: ProCA's prototype contrast; distribution: SePiCo-style mean + variance."
+    )
+    contrast_weight: float = Field(1.0, ge=0, description="Weight of the contrast term.")
+    contrast_temperature: float = Field(
+        50.0, gt=0, description="Temperature: prototype divides the cosine (ProCA: 50); distribution the logits."
+    )
+    contrast_start_iter: int = Field(0, ge=0, description="The contrast term is added from this iteration on.")
+    prototype_momentum: float | None = Field(
+        0.1, gt=0, le=1, description="EMA weight of a batch mean in the prototypes (None: running mean)."
+    )
+    distribution_ratio: float = Field(1.0, ge=0, description="Scale of the variance term (SePiCo's ratio).")
+
+    _size = field_validator("source_size", "target_size", "crop_size")(_check_size)
+
+
 class EvalConfig(_Model):
     """Validation on the target val split between and after stages."""
 
@@ -363,6 +443,7 @@ class TrainConfig(_Model):
     proca: ProcaStageConfig = Field(default_factory=ProcaStageConfig)  # type: ignore[arg-type]
     pseudo_label: PseudoLabelStageConfig = Field(default_factory=PseudoLabelStageConfig)  # type: ignore[arg-type]
     ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)  # type: ignore[arg-type]
+    daformer: DAFormerStageConfig = Field(default_factory=DAFormerStageConfig)  # type: ignore[arg-type]
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     adamw: AdamWConfig = Field(default_factory=AdamWConfig)  # type: ignore[arg-type]
 
@@ -430,6 +511,8 @@ def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
         "source": {"input_size": size},
         "prototypes": {"input_size": size},
         "proca": {"source_size": size},
+        # DAFormer's SYNTHIA config: 1280x760 source; the thing classes in SYNTHIA16 train ids
+        "daformer": {"source_size": size, "fd_classes": [6, 7, 10, 11, 12, 13, 14, 15]},
     }
 
 
@@ -630,8 +713,8 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "channels_last": ("channels_last",),
     "checkpoint_every": ("checkpoint_every",),
     "tgt_val": ("tgt_val",),
-    "iters": ("source.iters", "proca.iters", "ssl.iters"),
-    "batch_size": ("source.batch_size", "proca.batch_size", "ssl.batch_size"),
+    "iters": ("source.iters", "proca.iters", "ssl.iters", "daformer.iters"),
+    "batch_size": ("source.batch_size", "proca.batch_size", "ssl.batch_size", "daformer.batch_size"),
     "input_size": (
         "source.input_size",
         "prototypes.input_size",
@@ -640,6 +723,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
         "pseudo_label.input_size",
         "ssl.input_size",
         "ssl.scale_reference",
+        "daformer.source_size",
+        "daformer.target_size",
+        "daformer.crop_size",
         "eval.input_size",
     ),
 }

@@ -157,8 +157,9 @@ class EvalHook(Hook):
         every = stage.section.eval_every
         if not ctx.validates or not (done == trainer.total or (every and done % every == 0)):
             return
-        model = stage.sc.model
+        model = stage.kept_model()
         trainer.last_metrics = validate(ctx, model, progress=False)
+        trainer.last_metrics.update(stage.extra_metrics())
         trainer.logger.log_eval(done, {k: v for k, v in trainer.last_metrics.items() if k != "per_class"})
         best = trainer.best_miou is None or trainer.last_metrics["miou"] > trainer.best_miou
         if best:
@@ -253,7 +254,13 @@ class CheckpointHook(Hook):
         if ctx.is_main:
             path = ctx.path(f"{stage.name}.safetensors")
             save_model_file(
-                ctx, stage.sc.model, path, stage.name, trainer.total, trainer.last_metrics, stage.checkpoint_tensors()
+                ctx,
+                stage.kept_model(),
+                path,
+                stage.name,
+                trainer.total,
+                trainer.last_metrics,
+                stage.checkpoint_tensors(),
             )
             state_path(trainer).unlink(missing_ok=True)
         barrier()

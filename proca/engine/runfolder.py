@@ -21,12 +21,14 @@ __all__ = [
     "check_data_identity",
     "check_data_root",
     "check_label_info_identity",
+    "check_recipe",
     "check_resume_config",
     "check_run_dir",
     "clear_run",
     "data_identity",
     "file_digest",
     "find_label_info",
+    "folder_recipe",
     "label_info_candidates",
     "stage_outputs",
 ]
@@ -39,8 +41,10 @@ FINAL_OUTPUTS = {
     "proca": "proca.safetensors",
     "pseudo-label": "pseudo_labels",
     "ssl": "ssl.safetensors",
+    "daformer": "daformer.safetensors",
 }
-"""The final output of each stage in RUN (a stage whose final output exists is skipped)."""
+"""The final output of each stage in RUN (a stage whose final output exists is skipped); ``daformer`` is the one
+stage of ``--recipe daformer``."""
 
 _LR_REASON = "the stage's base learning rate from the resumed iteration on (a lower rate after non-finite losses)"
 
@@ -53,6 +57,7 @@ RESUME_FREE: dict[str, str] = {
     "proca.lr": _LR_REASON,
     "ssl.lr": _LR_REASON,
     "adamw.lr": _LR_REASON,
+    "daformer.lr": _LR_REASON,
 }
 """The config keys that may differ between a run and its ``--resume`` (the one list; docs/training.md#resume).
 
@@ -70,7 +75,7 @@ INPUTS_FILE = "inputs.json"
 def stage_outputs(stage: str) -> list[str]:
     """The names (in RUN) a stage writes; the first is its final output."""
     names = [FINAL_OUTPUTS[stage]]
-    if stage in ("source", "proca", "ssl"):
+    if stage in ("source", "proca", "ssl", "daformer"):
         names += [f"{stage}.best.safetensors", f"{stage}.current.safetensors", f"state/{stage}.safetensors"]
         names += [f"{stage}.log.jsonl", f"tb/{stage}"]
     if stage == "pseudo-label":
@@ -80,6 +85,25 @@ def stage_outputs(stage: str) -> list[str]:
 
 def _stage_has_outputs(run_dir: Path, stage: str) -> bool:
     return any((run_dir / name).exists() for name in stage_outputs(stage))
+
+
+def folder_recipe(run_dir: Path) -> str | None:
+    """The recipe whose stages wrote into ``run_dir`` (``"daformer"`` or ``"proca"``; None: neither yet)."""
+    if _stage_has_outputs(Path(run_dir), "daformer"):
+        return "daformer"
+    if any(_stage_has_outputs(Path(run_dir), stage) for stage in STAGES):
+        return "proca"
+    return None
+
+
+def check_recipe(run_dir: Path, recipe: str, *, force: bool) -> None:
+    """Refuse to run one recipe's stages in a folder that holds the other recipe's outputs (without ``--force``)."""
+    found = folder_recipe(run_dir)
+    if found is not None and found != recipe and not force:
+        raise ConfigError(
+            f"--out {run_dir} holds a --recipe {found} run; pass --recipe {found} to continue it, or choose another "
+            "--out (or --force to start over)."
+        )
 
 
 def check_run_dir(run_dir: Path, stages: Sequence[str], *, resume: bool, force: bool) -> None:
@@ -102,8 +126,12 @@ def clear_run(run_dir: Path, src: str, stages: Sequence[str] = STAGES) -> None:
     ``--force --stage X`` clears X and the stages after it, never the outputs of earlier stages that X
     reads; ``--force`` with every stage also removes ``config.json`` and the generated label info.
     """
-    first = min(STAGES.index(s) for s in stages)
-    cleared = STAGES[first:]
+    cleared: tuple[str, ...]
+    if list(stages) == ["daformer"]:
+        first, cleared = 0, ("daformer",)
+    else:
+        first = min(STAGES.index(s) for s in stages)
+        cleared = STAGES[first:]
     for stage in cleared:
         for name in stage_outputs(stage):
             path = run_dir / name

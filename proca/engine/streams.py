@@ -45,8 +45,19 @@ __all__ = [
     "uniform_stream",
 ]
 
-STREAM_IDS = {"source": 1, "proca_source": 2, "proca_target": 3, "ssl": 4, "memory_bank": 5}
-"""Seed streams of the training stages' data (part of every sample's seed) and of the memory bank's sampling."""
+STREAM_IDS = {
+    "source": 1,
+    "proca_source": 2,
+    "proca_target": 3,
+    "ssl": 4,
+    "memory_bank": 5,
+    "daformer_source": 6,
+    "daformer_target": 7,
+    "daformer_mix": 8,
+    "daformer_dropout": 9,
+}
+"""Seed streams of the training stages' data (part of every sample's seed), of the memory bank's sampling and
+of the DAFormer stage's mixing and masking draws."""
 
 Fetch = Callable[[int, int], np.ndarray]
 """``fetch(begin, end)``: the dataset indices at stream positions ``begin .. end - 1``."""

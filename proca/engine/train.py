@@ -13,6 +13,9 @@ pseudo-label   RUN/proca[.best].safetensors        RUN/pseudo_labels/
 ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best.safetensors
 =============  ==================================  =============================================
 
+``--recipe daformer`` runs one stage instead, ``daformer`` (ImageNet weights, source, target ->
+``RUN/daformer.safetensors``, ``daformer.best.safetensors``), see :mod:`proca.engine.stages.daformer`.
+
 ``--stage all`` skips every stage whose final file exists. Training stages write their resumable
 state to ``RUN/state/<stage>.safetensors`` every ``checkpoint_every`` iterations; ``--resume``
 continues from it exactly. ``RUN/config.json`` holds the resolved configuration (torchrun's processes
@@ -52,6 +55,7 @@ from proca.engine.runfolder import (
     check_data_identity,
     check_data_root,
     check_label_info_identity,
+    check_recipe,
     check_resume_config,
     check_run_dir,
     clear_run,
@@ -71,7 +75,8 @@ class RunOptions:
     Attributes:
         data_root: folder holding ``gtav/``, ``synthia/``, ``cityscapes/``.
         out: the run folder.
-        stage: ``all`` or one of :data:`STAGES`.
+        stage: ``all`` or one of :data:`STAGES` (with ``recipe="daformer"``: ``all`` or ``daformer``).
+        recipe: ``proca`` (the five stages) or ``daformer`` (one online self-training stage).
         backbone_weights: ImageNet weights for fresh models (None: random init).
         resume: continue an interrupted run in ``out``.
         force: start over in an existing ``out``.
@@ -83,6 +88,7 @@ class RunOptions:
     data_root: Path = Path("datasets")
     out: Path = Path("runs/proca")
     stage: str = "all"
+    recipe: str = "proca"
     backbone_weights: Path | None = None
     resume: bool = False
     force: bool = False
@@ -93,6 +99,12 @@ class RunOptions:
     @property
     def stages(self) -> list[str]:
         """The stages to run, in order."""
+        if self.recipe == "daformer":
+            if self.stage not in ("all", "daformer"):
+                raise ConfigError(f"--stage {self.stage} belongs to --recipe proca; --recipe daformer has one stage.")
+            return ["daformer"]
+        if self.recipe != "proca":
+            raise ConfigError(f"--recipe {self.recipe!r} is not a recipe; valid: proca, daformer.")
         if self.stage != "all" and self.stage not in STAGES:
             raise ConfigError(f"--stage {self.stage!r} is not a stage; valid: all, {', '.join(STAGES)}.")
         return list(STAGES) if self.stage == "all" else [self.stage]
@@ -192,6 +204,7 @@ def seeded_run(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.stages import (
         ADAPTATION_METHODS,
+        DAFormerStage,
         SelfTrainingStage,
         SourceStage,
         run_prototype_stage,
@@ -203,7 +216,11 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
 
     cfg = ctx.cfg
     balanced = cfg.source.class_balanced or cfg.proca.class_balanced
-    if (stage in ("source", "proca") and balanced) or (stage in ("source", "prototypes", "proca") and skip_bad):
+    if (
+        (stage in ("source", "proca") and balanced)
+        or (stage in ("source", "prototypes", "proca") and skip_bad)
+        or (stage == "daformer" and (cfg.daformer.rcs or skip_bad))
+    ):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
@@ -213,6 +230,7 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
         "source": SourceStage,
         "proca": ADAPTATION_METHODS[cfg.method],
         "ssl": SelfTrainingStage,
+        "daformer": DAFormerStage,
     }
     loop = train_stage(ctx, classes[stage](ctx))
     entry: dict[str, Any] = {
@@ -338,7 +356,7 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
             "images; choose an --out outside the target folder."
         )
     weights = run.backbone_weights
-    fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
+    fresh = {"source", "ssl", "daformer"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
         raise ConfigError(
             f"--backbone-weights {weights}: no such file; give the ImageNet weights file "
@@ -356,7 +374,7 @@ def check_stage_data(cfg: TrainConfig, run: RunOptions) -> None:
 
     stages = set(run.stages)
     class_set = get_class_set(cfg.class_set)
-    if stages & {"source", "prototypes", "proca"}:
+    if stages & {"source", "prototypes", "proca", "daformer"}:
         src_root = run.data_root / cfg.src
         if cfg.source_key == "card":
             from proca.data.cards import card_dataset
@@ -367,18 +385,23 @@ def check_stage_data(cfg: TrainConfig, run: RunOptions) -> None:
             SynthiaDataset(src_root)
         else:
             GTA5Dataset(src_root, class_set=class_set)
-    if stages & {"proca", "pseudo-label", "ssl"}:
+    if stages & {"proca", "pseudo-label", "ssl", "daformer"}:
         open_target_images(cfg.tgt, run.data_root, class_set=class_set)
     # every training stage validates: on --tgt-val (checked by check_target) or a built-in target's val split
-    if stages & {"source", "proca", "ssl"} and cfg.tgt_val is None and cfg.tgt in BUILTIN_DATASETS:
+    if stages & {"source", "proca", "ssl", "daformer"} and cfg.tgt_val is None and cfg.tgt in BUILTIN_DATASETS:
         try:
             open_target_val(cfg.tgt, run.data_root, class_set=class_set)
         except DataError as err:
             title = BUILTIN_DATASETS[cfg.tgt].title
             raise DataError(f"{err} (every training stage validates on {title} val, with its labels)") from None
-    uses_info = (cfg.source.class_balanced and "source" in stages) or (cfg.proca.class_balanced and "proca" in stages)
+    uses_info = (
+        (cfg.source.class_balanced and "source" in stages)
+        or (cfg.proca.class_balanced and "proca" in stages)
+        or (cfg.daformer.rcs and "daformer" in stages)
+    )
     found = find_label_info(run.data_root, cfg.src, run.out)
-    if cfg.source_key != "card" and (uses_info or run.skip_bad) and stages & {"source", "proca"} and found is not None:
+    scans = stages & {"source", "proca", "daformer"}
+    if cfg.source_key != "card" and (uses_info or run.skip_bad) and scans and found is not None:
         from proca.data.label_info import check_label_info_current, read_label_info
 
         check_label_info_current(read_label_info(found), found, run.data_root / cfg.src, cfg.src, run_dir=run.out)
@@ -391,6 +414,7 @@ def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
     started on (``RUN/inputs.json``: data root, image names, label-info file); ``--resume`` also refuses changed
     config keys other than :data:`~proca.engine.runfolder.RESUME_FREE`. ``RUN/inputs.json`` is written here.
     """
+    check_recipe(run.out, run.recipe, force=run.force)
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
         clear_run(run.out, cfg.source_key, run.stages)
