@@ -504,6 +504,50 @@ def pseudo_label(
         )
 
 
+@app.command("adapt-bn")
+def adapt_bn(
+    checkpoint: CkptArg,
+    out: Annotated[Path, typer.Option("--out", help="The adapted .safetensors checkpoint to write.")],
+    data_root: DataRootOpt = Path("datasets"),
+    images: Annotated[
+        int | None, typer.Option("--images", min=1, metavar="N", help="Use the first N target train images (default: all).")
+    ] = None,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            "--input-size", metavar="HxW", help="Target image size HxW (default: the checkpoint's proca.target_size)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+) -> None:
+    """AdaBN: re-estimate BatchNorm statistics on unlabelled target images; every weight stays unchanged.
+
+    Running mean and variance of every BatchNorm layer: their cumulative average over the Cityscapes
+    train images under --data-root (no labels, no gradient). MiT / SegFormer (LayerNorm) are refused.
+
+    Examples:
+
+    proca adapt-bn runs/x/source.safetensors --data-root datasets --out runs/x/adabn.safetensors
+    proca adapt-bn CKPT --data-root datasets --out adabn.safetensors --images 500 --batch-size 4
+    """
+    with _user_errors():
+        _existing_checkpoint(checkpoint)
+        from proca.engine.commands.adapt_bn import run_adapt_bn
+
+        run_adapt_bn(
+            checkpoint,
+            data_root=data_root,
+            out=out,
+            images=images,
+            input_size=_parse_size(input_size),
+            batch_size=batch_size,
+            device=device,
+            force=force,
+        )
+
+
 @app.command("eval")
 def eval_(
     checkpoint: CkptArg,
