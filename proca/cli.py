@@ -510,7 +510,8 @@ def adapt_bn(
     out: Annotated[Path, typer.Option("--out", help="The adapted .safetensors checkpoint to write.")],
     data_root: DataRootOpt = Path("datasets"),
     images: Annotated[
-        int | None, typer.Option("--images", min=1, metavar="N", help="Use the first N target train images (default: all).")
+        int | None,
+        typer.Option("--images", min=1, metavar="N", help="Use the first N target train images (default: all)."),
     ] = None,
     input_size: Annotated[
         str | None,

@@ -91,7 +91,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_synthetic_datasets(root / "datasets", seed=0, num_train=2, num_val=1, size=(32, 64), progress=False)
     meta = {"class_set": "cityscapes19", "eval_input_size": [32, 64]}
     model = build_model("deeplabv2_resnet18")
-    for name in ("CKPT", "ssl.safetensors", "runs/x/ssl.safetensors", "runs/x/proca.safetensors", "runs/x/source.safetensors"):
+    names = ["CKPT", "ssl.safetensors", *(f"runs/x/{stage}.safetensors" for stage in ("ssl", "proca", "source"))]
+    for name in names:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         save_model(model, root / name, metadata=meta)
     for name, classes in (("model_proca_ssl.pth", 19), ("syn.pth", 16)):

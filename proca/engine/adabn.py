@@ -1,4 +1,4 @@
-"""AdaBN: BatchNorm running statistics re-estimated on unlabelled target images (the library side of ``proca adapt-bn``).
+"""AdaBN: BatchNorm statistics re-estimated on unlabelled target images (the library of ``proca adapt-bn``).
 
 Adaptive Batch Normalization (Li et al., 2016) keeps every learnt weight and replaces each BatchNorm layer's
 running mean and variance by the statistics of the target domain. Here they are a **cumulative average** over
@@ -14,9 +14,9 @@ Networks without BatchNorm statistics to re-estimate are refused: the MiT / SegF
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -107,8 +107,7 @@ def adapt_batchnorm(
     dev = torch.device(device)
     modes = {m: m.training for m in model.modules()}
     momenta = [layer.momentum for layer in layers]
-    saved = [(layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone())
-             for layer in layers]  # fmt: skip
+    saved = [tuple(t.clone() for t in _statistics(layer)) for layer in layers]
     model.to(dev)
     model.eval()
     for layer in layers:
@@ -134,10 +133,9 @@ def adapt_batchnorm(
                 "(NaN/inf inputs) and the checkpoint's weights."
             )
     except BaseException:
-        for layer, (mean, var, count) in zip(layers, saved, strict=True):
-            layer.running_mean.copy_(mean)
-            layer.running_var.copy_(var)
-            layer.num_batches_tracked.copy_(count)
+        for layer, old in zip(layers, saved, strict=True):
+            for buffer, value in zip(_statistics(layer), old, strict=True):
+                buffer.copy_(value)
         raise
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
@@ -147,13 +145,20 @@ def adapt_batchnorm(
     return AdaBNResult(layers=len(layers), batches=batches, images=seen)
 
 
+def _statistics(layer: _BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
+    """``running_mean``, ``running_var``, ``num_batches_tracked`` of a layer that tracks running statistics."""
+    mean, var, count = layer.running_mean, layer.running_var, layer.num_batches_tracked
+    assert mean is not None and var is not None and count is not None  # track_running_stats (batchnorm_layers)
+    return mean, var, count
+
+
 def _finite(layer: _BatchNorm) -> bool:
-    mean, var = layer.running_mean, layer.running_var
+    mean, var, _ = _statistics(layer)
     return bool(torch.isfinite(mean).all() and torch.isfinite(var).all())
 
 
 def target_batches(
-    data_root: str | Path,
+    data_root: str | os.PathLike[str],
     input_size: tuple[int, int],
     *,
     images: int | None = None,

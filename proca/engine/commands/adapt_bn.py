@@ -13,8 +13,9 @@ __all__ = ["adabn_input_size", "run_adapt_bn"]
 
 def adabn_input_size(meta: dict[str, Any]) -> tuple[int, int]:
     """The size target images are resized to: the run's ``proca.target_size``, else ``eval_input_size``."""
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    proca_section = config.get("proca") if isinstance(config.get("proca"), dict) else {}
+    config = meta.get("config")
+    section = config.get("proca") if isinstance(config, dict) else None
+    proca_section: dict[str, Any] = section if isinstance(section, dict) else {}
     for size in (proca_section.get("target_size"), meta.get("eval_input_size")):
         if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
             return int(size[0]), int(size[1])
