@@ -25,7 +25,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
 
-__all__ = ["AdaBNResult", "adapt_batchnorm", "batchnorm_layers", "require_batchnorm", "target_batches"]
+__all__ = [
+    "AdaBNResult",
+    "adapt_batchnorm",
+    "batchnorm_layers",
+    "evaluate_adabn",
+    "require_batchnorm",
+    "target_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -198,3 +205,41 @@ def target_batches(
             yield batch.images
 
     return generate(), count
+
+
+def evaluate_adabn(
+    checkpoint: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    *,
+    target_size: tuple[int, int],
+    eval_size: tuple[int, int],
+    images: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> float:
+    """The AdaBN baseline of a checkpoint, in one call: its mIoU (%) on the target val split after AdaBN.
+
+    Loads ``checkpoint``, re-estimates its BatchNorm statistics on the Cityscapes train images under
+    ``data_root`` at ``target_size`` (:func:`adapt_batchnorm`), and evaluates it on the val split at
+    ``eval_size`` at one scale, as the training stages validate. Nothing is written.
+
+    Raises:
+        CheckpointError, ConfigError, DataError: as :func:`proca.models.load_model`, :func:`adapt_batchnorm`
+            and :func:`target_batches`.
+    """
+    from proca.data.classes import get_class_set
+    from proca.data.datasets import CityscapesDataset, cityscapes_root
+    from proca.engine.evaluate import evaluate
+    from proca.models import load_model
+
+    loaded = load_model(checkpoint, map_location="cpu")
+    batches, count = target_batches(data_root, target_size, images=images, batch_size=batch_size)
+    adapt_batchnorm(loaded.model, batches, device=device, total=count, progress=progress)
+    class_set = get_class_set(str(loaded.metadata.get("class_set") or "cityscapes19"))
+    val = CityscapesDataset(cityscapes_root(data_root), split="val", class_set=class_set)
+    result = evaluate(
+        loaded.model, val, class_set=class_set, input_size=(int(eval_size[0]), int(eval_size[1])),
+        device=device, batch_size=1, progress=progress, num_workers=0,
+    )  # fmt: skip
+    return float(result.miou)
