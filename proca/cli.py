@@ -219,6 +219,18 @@ def synth(
     train: Annotated[int, typer.Option("--train", min=1, help="Training images per dataset.")] = 160,
     val: Annotated[int, typer.Option("--val", min=1, help="Cityscapes-style validation images.")] = 40,
     size: Annotated[str, typer.Option("--size", metavar="HxW", help="Image size HxW.")] = "256x512",
+    shift: Annotated[
+        float, typer.Option("--shift", min=0.0, max=3.0, help="Global camera-look shift of the target (0: none).")
+    ] = 1.0,
+    class_shift: Annotated[
+        float,
+        typer.Option(
+            "--class-shift",
+            min=0.0,
+            max=1.0,
+            help="Class-conditional shift: per-class colour/texture swaps, class mix.",
+        ),
+    ] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
 ) -> None:
     """Write synthetic driving scenes in the real GTA5, SYNTHIA and Cityscapes on-disk formats.
@@ -227,13 +239,17 @@ def synth(
 
     proca synth --out synthetic
     proca synth --out small --train 16 --val 4 --size 128x256 --seed 1
+    proca synth --out hard --class-shift 1.0
     """
     hw = _parse_size(size)
     assert hw is not None
     with _user_errors():
         from proca.data.synthetic import write_synthetic_datasets
 
-        write_synthetic_datasets(out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True)
+        write_synthetic_datasets(
+            out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True, shift=shift,
+            class_shift=class_shift,
+        )  # fmt: skip
 
 
 @app.command("label-info")

@@ -92,8 +92,8 @@ class AblationBudget:
         overrides: config keys set on top of the demo config for every row (stage lengths, sizes).
     """
 
-    num_train: int = 120
-    num_val: int = 40
+    num_train: int = 80
+    num_val: int = 30
     size: tuple[int, int] = (64, 128)
     overrides: tuple[str, ...] = ()
 
@@ -107,12 +107,12 @@ class AblationBudget:
 
 DEFAULT_BUDGET = AblationBudget(
     overrides=(
-        "source.iters=250",
-        "source.poly_iters=250",
-        "proca.iters=80",
-        "proca.poly_iters=80",
-        "ssl.iters=40",
-        "ssl.poly_iters=40",
+        "source.iters=150",
+        "source.poly_iters=150",
+        "proca.iters=50",
+        "proca.poly_iters=50",
+        "ssl.iters=30",
+        "ssl.poly_iters=30",
     )
 )
 """The sweep of docs/ablation.md: the demo's recipe at 64x128 with shorter stages (a shared 2-core CPU)."""
