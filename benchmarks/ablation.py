@@ -7,7 +7,8 @@ Every row goes through the product path (:func:`proca.engine.train.run_pipeline`
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/ablation.py --work /tmp/ablation --seeds 0,1,2
-    OMP_NUM_THREADS=1 python benchmarks/ablation.py --work /tmp/ablation-class --seeds 0,1,2 --class-shift 1.0
+    OMP_NUM_THREADS=1 python benchmarks/ablation.py --work /tmp/ablation-class --seeds 0,1,2 --class-shift 1.0 \
+        --source-from /tmp/ablation-default
 
 Writes ``WORK/ablation.md`` (mean +/- std per row) and ``WORK/ablation.json`` (every seed's mIoU, the rows'
 overrides, the settings, the seconds); ``--json`` / ``--markdown`` write them elsewhere too. A second run in
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the markdown table here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--source-from", type=Path, default=None,
+        help="use the source models of this earlier sweep's --work (same seeds and budget, another target shift)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_ablation(
             args.work, seeds=seeds, rows=rows, budget=DEFAULT_BUDGET, shift=args.shift,
             class_shift=args.class_shift, device=args.device, progress=not args.no_progress,
+            source_from=args.source_from,
         )  # fmt: skip
     except ProcaError as err:
         print(f"error: {err}", file=sys.stderr)

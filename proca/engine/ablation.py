@@ -21,7 +21,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ class _Sweep:
     device: torch.device
     progress: bool
     say: Callable[[str], None]
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source_from: Path | None = None
 
 
 def _config(seed: int, overrides: Sequence[str]) -> Any:
@@ -205,20 +205,68 @@ def _adabn_row(sweep: _Sweep, cfg: Any, source_dir: Path, data: Path, row_dir: P
     return entry
 
 
+def _source_row(sweep: _Sweep, cfg: Any, source_dir: Path, data: Path, row_dir: Path) -> float:
+    from proca.engine.adabn import val_miou
+    from proca.models import load_model
+
+    done = row_dir / "result.json"
+    if done.is_file():
+        return float(json.loads(done.read_text(encoding="utf-8"))["miou"])
+    loaded = load_model(source_dir / "source.safetensors")
+    miou = val_miou(loaded.model, loaded.metadata, data, eval_size=tuple(cfg.eval.input_size), device=sweep.device)
+    atomic_write_json(done, {"miou": miou})
+    return miou
+
+
+def _share_source(sweep: _Sweep, seed: int, data: Path, seed_dir: Path) -> None:
+    """Link ``seed_dir/source`` to the source folder of the sweep in ``sweep.source_from`` (same seed), after
+    checking that both sweeps' source images and labels are the same files, byte for byte."""
+    import hashlib
+
+    assert sweep.source_from is not None
+    theirs = sweep.source_from / f"seed{seed}"
+    if not (theirs / "source" / "source.safetensors").is_file():
+        raise ConfigError(f"--source-from {sweep.source_from}: no seed{seed}/source/source.safetensors there")
+
+    def digest(root: Path) -> str:
+        h = hashlib.sha256()
+        for path in sorted((root / "gtav").rglob("*.png")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+        return h.hexdigest()
+
+    if digest(data) != digest(sweep.source_from / "data" / f"seed{seed}"):
+        raise ConfigError(
+            f"--source-from {sweep.source_from}: seed {seed}'s source images differ from this sweep's; "
+            "the source model can only be shared between sweeps with the same seed, size and counts"
+        )
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    link = seed_dir / "source"
+    if not link.exists():
+        link.symlink_to((theirs / "source").resolve(), target_is_directory=True)
+
+
 def _run_seed(sweep: _Sweep, seed: int, rows: Sequence[AblationRow]) -> dict[str, dict[str, Any]]:
     base_overrides = sweep.budget.all_overrides()
     data = _data(sweep, seed)
     seed_dir = sweep.work / f"seed{seed}"
     source_dir = seed_dir / "source"
+    if sweep.source_from is not None:
+        _share_source(sweep, seed, data, seed_dir)
     base_cfg = _config(seed, base_overrides)
     sweep.say(f"seed {seed}: source model (trained once for every row) in {source_dir}")
-    source = _pipeline(base_cfg, source_dir, data, ["source", "prototypes"], sweep)
+    if sweep.source_from is None:
+        source = _pipeline(base_cfg, source_dir, data, ["source", "prototypes"], sweep)
+    else:  # trained by the other sweep: read, never written here
+        source = json.loads((source_dir / "results.json").read_text(encoding="utf-8"))
     out: dict[str, dict[str, Any]] = {}
     by_name = {row.name: row for row in rows}
     for row in rows:
         sweep.say(f"seed {seed}: {row.name} {' '.join(row.overrides)}".rstrip())
         if row.kind == "source":
-            out[row.name] = {"miou": source["source"]["miou"], "seconds": source["source"].get("seconds")}
+            # evaluated on this sweep's target (a source model shared with another sweep was validated on its own)
+            out[row.name] = {"miou": _source_row(sweep, base_cfg, source_dir, data, seed_dir / row.slug),
+                             "seconds": source["source"].get("seconds")}  # fmt: skip
             continue
         cfg = _config(seed, [*base_overrides, *row.overrides])
         row_dir = seed_dir / row.slug
@@ -292,6 +340,7 @@ def run_ablation(
     markdown_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
+    source_from: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``rows`` for every seed in ``work`` and write the table (markdown) and its numbers (JSON).
 
@@ -306,6 +355,9 @@ def run_ablation(
         markdown_path: write the markdown table here (default: ``WORK/ablation.md``).
         progress: progress bars.
         say: where progress lines go (default: rich on stderr).
+        source_from: the ``work`` folder of another sweep with the same seeds and budget (another target
+            shift, the same source images): its source models are used, not retrained (the source images are
+            checked to be the same bytes).
 
     Returns:
         ``{"table": [...], "per_seed": {...}, "seeds", "seconds", "settings"}``; the table's entries hold
@@ -327,7 +379,8 @@ def run_ablation(
             console.print(message)
 
     work = Path(work)
-    sweep = _Sweep(work, shift, class_shift, budget, resolve_device(device), progress, say)
+    shared = Path(source_from) if source_from is not None else None
+    sweep = _Sweep(work, shift, class_shift, budget, resolve_device(device), progress, say, shared)
     start = time.perf_counter()
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in seeds:
@@ -345,7 +398,7 @@ def run_ablation(
             "shift": shift, "class_shift": class_shift, "num_train": budget.num_train, "num_val": budget.num_val,
             "size": list(budget.size), "base": "proca.engine.demo.DEMO_OVERRIDES",
             "budget_overrides": budget.all_overrides(), "device": str(sweep.device),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "source_from": str(shared) if shared else None,
         },
     }  # fmt: skip
     atomic_write_json(Path(json_path) if json_path else work / "ablation.json", summary)

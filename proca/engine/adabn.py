@@ -32,6 +32,7 @@ __all__ = [
     "evaluate_adabn",
     "require_batchnorm",
     "target_batches",
+    "val_miou",
 ]
 
 
@@ -228,18 +229,33 @@ def evaluate_adabn(
         CheckpointError, ConfigError, DataError: as :func:`proca.models.load_model`, :func:`adapt_batchnorm`
             and :func:`target_batches`.
     """
-    from proca.data.classes import get_class_set
-    from proca.data.datasets import CityscapesDataset, cityscapes_root
-    from proca.engine.evaluate import evaluate
     from proca.models import load_model
 
     loaded = load_model(checkpoint, map_location="cpu")
     batches, count = target_batches(data_root, target_size, images=images, batch_size=batch_size)
     adapt_batchnorm(loaded.model, batches, device=device, total=count, progress=progress)
-    class_set = get_class_set(str(loaded.metadata.get("class_set") or "cityscapes19"))
+    return val_miou(loaded.model, loaded.metadata, data_root, eval_size=eval_size, device=device, progress=progress)
+
+
+def val_miou(
+    model: nn.Module,
+    metadata: dict[str, object],
+    data_root: str | os.PathLike[str],
+    *,
+    eval_size: tuple[int, int],
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> float:
+    """mIoU (%) of ``model`` on the Cityscapes val split under ``data_root`` at ``eval_size``, one scale (as the
+    training stages validate); the class set comes from the checkpoint ``metadata``."""
+    from proca.data.classes import get_class_set
+    from proca.data.datasets import CityscapesDataset, cityscapes_root
+    from proca.engine.evaluate import evaluate
+
+    class_set = get_class_set(str(metadata.get("class_set") or "cityscapes19"))
     val = CityscapesDataset(cityscapes_root(data_root), split="val", class_set=class_set)
     result = evaluate(
-        loaded.model, val, class_set=class_set, input_size=(int(eval_size[0]), int(eval_size[1])),
+        model, val, class_set=class_set, input_size=(int(eval_size[0]), int(eval_size[1])),
         device=device, batch_size=1, progress=progress, num_workers=0,
     )  # fmt: skip
     return float(result.miou)

@@ -45,6 +45,14 @@ def test_two_rows_one_seed_from_one_source_model(tmp_path: Path) -> None:
     again = run_ablation(tmp_path, seeds=[0], rows=rows, budget=TINY, progress=False, say=lambda m: None)
     assert again["table"] == summary["table"]  # finished rows are read back, not retrained
 
+    # another target shift from the same source models: shared (same source bytes), evaluated on its own target
+    other = tmp_path / "class"
+    shared = run_ablation(other, seeds=[0], rows=ABLATION_ROWS[:2], budget=TINY, class_shift=1.0, progress=False,
+                          say=lambda m: None, source_from=tmp_path)  # fmt: skip
+    assert (other / "seed0" / "source" / "source.safetensors").samefile(source)
+    assert json.loads((other / "data" / "seed0" / "synthetic.json").read_text())["class_shift"] == 1.0
+    assert shared["settings"]["source_from"] == str(tmp_path) and shared["table"][1]["seeds"] == 1
+
 
 def test_summary_is_mean_and_sample_std() -> None:
     rows = (AblationRow("a", "source"),)
