@@ -222,6 +222,18 @@ def synth(
     train: Annotated[int, typer.Option("--train", min=1, help="Training images per dataset.")] = 160,
     val: Annotated[int, typer.Option("--val", min=1, help="Cityscapes-style validation images.")] = 40,
     size: Annotated[str, typer.Option("--size", metavar="HxW", help="Image size HxW.")] = "256x512",
+    shift: Annotated[
+        float, typer.Option("--shift", min=0.0, max=3.0, help="Global camera-look shift of the target (0: none).")
+    ] = 1.0,
+    class_shift: Annotated[
+        float,
+        typer.Option(
+            "--class-shift",
+            min=0.0,
+            max=1.0,
+            help="Class-conditional shift: per-class colour/texture swaps, class mix.",
+        ),
+    ] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
 ) -> None:
     """Write synthetic driving scenes in the real GTA5, SYNTHIA and Cityscapes on-disk formats.
@@ -230,13 +242,17 @@ def synth(
 
     proca synth --out synthetic
     proca synth --out small --train 16 --val 4 --size 128x256 --seed 1
+    proca synth --out hard --class-shift 1.0
     """
     with _user_errors():
         hw = _parse_size(size, "--size")
         assert hw is not None
         from proca.data.synthetic import write_synthetic_datasets
 
-        write_synthetic_datasets(out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True)
+        write_synthetic_datasets(
+            out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True, shift=shift,
+            class_shift=class_shift,
+        )  # fmt: skip
 
 
 @app.command("label-info")
@@ -564,6 +580,51 @@ def pseudo_label(
             input_size=_parse_size(input_size),
             device=device,
             batch_size=batch_size,
+            force=force,
+        )
+
+
+@app.command("adapt-bn")
+def adapt_bn(
+    checkpoint: CkptArg,
+    out: Annotated[Path, typer.Option("--out", help="The adapted .safetensors checkpoint to write.")],
+    data_root: DataRootOpt = Path("datasets"),
+    images: Annotated[
+        int | None,
+        typer.Option("--images", min=1, metavar="N", help="Use the first N target train images (default: all)."),
+    ] = None,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            "--input-size", metavar="HxW", help="Target image size HxW (default: the checkpoint's proca.target_size)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+) -> None:
+    """AdaBN: re-estimate BatchNorm statistics on unlabelled target images; every weight stays unchanged.
+
+    Running mean and variance of every BatchNorm layer: their cumulative average over the Cityscapes
+    train images under --data-root (no labels, no gradient). MiT / SegFormer (LayerNorm) are refused.
+
+    Examples:
+
+    proca adapt-bn runs/x/source.safetensors --data-root datasets --out runs/x/adabn.safetensors
+    proca adapt-bn CKPT --data-root datasets --out adabn.safetensors --images 500 --batch-size 4
+    """
+    with _user_errors():
+        _existing_checkpoint(checkpoint)
+        from proca.engine.commands.adapt_bn import run_adapt_bn
+
+        run_adapt_bn(
+            checkpoint,
+            data_root=data_root,
+            out=out,
+            images=images,
+            input_size=_parse_size(input_size),
+            batch_size=batch_size,
+            device=device,
             force=force,
         )
 

@@ -22,7 +22,7 @@ from proca import __version__
 from proca.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "export", "demo"]
+COMMANDS = ["synth", "label-info", "train", "pseudo-label", "adapt-bn", "eval", "infer", "convert", "export", "demo"]
 WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
 
 
@@ -94,7 +94,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_all(root / "datasets")  # acdc/, dark_zurich/, bdd100k/, mapillary/
     meta = {"class_set": "cityscapes19", "eval_input_size": [32, 64]}
     model = build_model("deeplabv2_resnet18")
-    for name in ("CKPT", "ssl.safetensors", "runs/x/ssl.safetensors", "runs/x/proca.safetensors"):
+    names = ["CKPT", "ssl.safetensors", *(f"runs/x/{stage}.safetensors" for stage in ("ssl", "proca", "source"))]
+    for name in names:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         save_model(model, root / name, metadata=meta)
     for name, classes in (("model_proca_ssl.pth", 19), ("syn.pth", 16)):
@@ -123,7 +124,7 @@ def _tiny(command: str, args: list[str]) -> list[str]:
             return [*args, "--print-config"]
         tiny = ["--iters", "1", "--input-size", "32x64", "--arch", "deeplabv2_resnet18", "--device", "cpu"]
         return [*args, *tiny, "--set", "num_workers=0", "--set", "eval.max_images=1"]
-    if command in ("eval", "infer", "pseudo-label"):
+    if command in ("eval", "infer", "pseudo-label", "adapt-bn"):
         size = [] if "--input-size" in args else ["--input-size", "32x64"]
         return [*args, "--device", "cpu", *size]
     if command == "export" and "--input-size" in args:
