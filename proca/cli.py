@@ -589,6 +589,15 @@ def adapt_bn(
     checkpoint: CkptArg,
     out: Annotated[Path, typer.Option("--out", help="The adapted .safetensors checkpoint to write.")],
     data_root: DataRootOpt = Path("datasets"),
+    tgt: Annotated[
+        str,
+        typer.Option(
+            "--tgt",
+            metavar="TARGET",
+            help="Unlabelled target, as for proca train: a built-in dataset (its train images), a dataset card, "
+            "or a folder (or glob) of images.",
+        ),
+    ] = "cityscapes",
     images: Annotated[
         int | None,
         typer.Option("--images", min=1, metavar="N", help="Use the first N target train images (default: all)."),
@@ -605,13 +614,15 @@ def adapt_bn(
 ) -> None:
     """AdaBN: re-estimate BatchNorm statistics on unlabelled target images; every weight stays unchanged.
 
-    Running mean and variance of every BatchNorm layer: their cumulative average over the Cityscapes
-    train images under --data-root (no labels, no gradient). MiT / SegFormer (LayerNorm) are refused.
+    Running mean and variance of every BatchNorm layer: their cumulative average over the target's
+    train images (--tgt, default the Cityscapes train split under --data-root; no labels, no gradient).
+    MiT / SegFormer (LayerNorm) are refused.
 
     Examples:
 
     proca adapt-bn runs/x/source.safetensors --data-root datasets --out runs/x/adabn.safetensors
     proca adapt-bn CKPT --data-root datasets --out adabn.safetensors --images 500 --batch-size 4
+    proca adapt-bn runs/x/source.safetensors --tgt my_footage/ --out runs/x/adabn-footage.safetensors
     """
     with _user_errors():
         _existing_checkpoint(checkpoint)
@@ -620,6 +631,7 @@ def adapt_bn(
         run_adapt_bn(
             checkpoint,
             data_root=data_root,
+            tgt=tgt,
             out=out,
             images=images,
             input_size=_parse_size(input_size),

@@ -104,6 +104,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "photos").mkdir()
     image = sorted((root / "datasets/cityscapes/leftImg8bit/val").glob("*/*.png"))[0]
     Image.open(image).convert("RGB").save(root / "photos" / "street.jpg")
+    (root / "my_footage" / "day1").mkdir(parents=True)  # unlabelled footage of one's own, as a target
+    Image.open(image).convert("RGB").save(root / "my_footage" / "day1" / "frame_0001.jpg")
     for sub in ("images", "labels"):  # labelled data of one's own, described by a dataset card
         (root / "my_data" / sub).mkdir(parents=True)
     Image.open(image).convert("RGB").save(root / "my_data" / "images" / "street.png")

@@ -171,16 +171,17 @@ def target_batches(
     *,
     images: int | None = None,
     batch_size: int = 8,
-    split: str = "train",
+    tgt: str = "cityscapes",
 ) -> tuple[Iterator[Tensor], int]:
-    """Batches of unlabelled Cityscapes images (resized to ``input_size``, normalised) for :func:`adapt_batchnorm`.
+    """Batches of unlabelled target images (resized to ``input_size``, normalised) for :func:`adapt_batchnorm`.
 
     Args:
-        data_root: the datasets folder holding ``cityscapes/`` (or the Cityscapes folder itself).
+        data_root: the datasets folder holding the target's folder (``cityscapes/``, ...), or that folder itself.
         input_size: (H, W) the network sees (the checkpoint's target size).
-        images: use the first ``images`` images of the split (None: all of them).
+        images: use the first ``images`` images (None: all of them).
         batch_size: images per forward pass.
-        split: the Cityscapes split (``train``: the unlabelled target training images).
+        tgt: the target, as ``proca train --tgt`` takes it: a built-in name (its train split), a dataset card
+            or a folder (or glob) of images (:func:`proca.data.registry.open_target_images`).
 
     Returns:
         ``(batches, count)``: an iterator of (B, 3, H, W) float tensors and the number of images it yields.
@@ -188,7 +189,8 @@ def target_batches(
     Raises:
         DataError: no such split or folder, or ``images`` / ``batch_size`` below 1.
     """
-    from proca.data.datasets import CityscapesDataset, cityscapes_root
+    from proca.data.classes import CITYSCAPES_19
+    from proca.data.registry import open_target_images
     from proca.data.transforms import test_transform
     from proca.engine.loop import PreparedDataset, iterate_batches
 
@@ -197,7 +199,7 @@ def target_batches(
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size}: give at least 1")
     size = (int(input_size[0]), int(input_size[1]))
-    dataset = CityscapesDataset(cityscapes_root(data_root), split=split, labels=False, transform=test_transform(size))
+    dataset = open_target_images(tgt, data_root, class_set=CITYSCAPES_19, transform=test_transform(size))
     count = len(dataset) if images is None else min(int(images), len(dataset))
     prepared = PreparedDataset(dataset, input_size=size)
 

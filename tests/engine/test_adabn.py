@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -132,3 +133,28 @@ def test_cli_names_a_missing_target(folder: Path, tmp_path: Path) -> None:
     result = invoke(["adapt-bn", folder / "source.safetensors", "--data-root", tmp_path, "--out", tmp_path / "x.st"])
     assert_user_error(result, "cityscapes")
     assert not (tmp_path / "x.st").exists()
+
+
+def test_adapt_bn_reads_a_folder_of_photos_as_the_target(tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from proca.cli import app
+    from proca.models import build_model, load_model, save_model
+
+    footage = tmp_path / "footage"
+    (footage / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(70, 130), (90, 120)]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(footage / "a" / f"f{i}.jpg")
+    ckpt = tmp_path / "m.safetensors"
+    save_model(build_model("deeplabv2_resnet18"), ckpt, metadata={"class_set": "cityscapes19"})
+    out = tmp_path / "adabn.safetensors"
+    args = ["adapt-bn", str(ckpt), "--tgt", str(footage), "--out", str(out), "--input-size", "32x64"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    adapted = load_model(out)
+    assert adapted.metadata["adabn"]["images"] == 2 and adapted.metadata["adabn"]["target"] == str(footage)
+    before = load_model(ckpt).model.state_dict()
+    changed = [k for k, v in adapted.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)

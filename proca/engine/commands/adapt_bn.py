@@ -28,6 +28,7 @@ def run_adapt_bn(
     checkpoint: str | os.PathLike[str],
     *,
     data_root: str | os.PathLike[str] = Path("datasets"),
+    tgt: str = "cityscapes",
     out: str | os.PathLike[str],
     images: int | None = None,
     input_size: tuple[int, int] | None = None,
@@ -44,7 +45,9 @@ def run_adapt_bn(
 
     Args:
         checkpoint: a proca ``.safetensors`` checkpoint or a released ``.pth`` file.
-        data_root: the datasets folder holding ``cityscapes/`` (or the Cityscapes folder itself).
+        data_root: the datasets folder holding the target's folder (``cityscapes/``, ...), or that folder itself.
+        tgt: the unlabelled target as ``proca train --tgt`` takes it: a built-in name (its train images), a
+            dataset card, or a folder (or glob) of images.
         out: the new ``.safetensors`` file (written atomically).
         images: use the first N target train images (None: all).
         input_size: (H, W) for the target images (None: the checkpoint's ``proca.target_size``, else its
@@ -81,7 +84,7 @@ def run_adapt_bn(
     model = loaded.model
     require_batchnorm(model)  # before reading any image
     size = input_size or adabn_input_size(loaded.metadata)
-    batches, count = target_batches(data_root, size, images=images, batch_size=batch_size)
+    batches, count = target_batches(data_root, size, images=images, batch_size=batch_size, tgt=tgt)
     result = adapt_batchnorm(model, batches, device=dev, total=count, progress=progress)
     meta = dict(loaded.metadata)
     meta.update(
@@ -93,6 +96,7 @@ def run_adapt_bn(
             "images": result.images,
             "batches": result.batches,
             "input_size": [int(size[0]), int(size[1])],
+            "target": tgt,
             "statistics": "cumulative average of batch statistics (momentum=None)",
         },
     )
