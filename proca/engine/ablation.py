@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from proca.errors import ConfigError
-from proca.io import atomic_write_json, atomic_write_text
+from proca.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "ABLATION_ROWS",
@@ -183,10 +182,10 @@ def _link_inputs(source_dir: Path, row_dir: Path) -> None:
         try:
             os.link(src, dst)
         except OSError:
-            shutil.copy2(src, dst)
+            atomic_write_bytes(dst, src.read_bytes())
     results = source_dir / "results.json"
     if results.is_file() and not (row_dir / "results.json").exists():
-        shutil.copy2(results, row_dir / "results.json")
+        atomic_write_bytes(row_dir / "results.json", results.read_bytes())
 
 
 def _adabn_row(sweep: _Sweep, cfg: Any, source_dir: Path, data: Path, row_dir: Path) -> dict[str, Any]:

@@ -196,7 +196,8 @@ def test_memory_bank_stage_through_the_cli(base: dict[str, Path], tmp_path: Path
     assert {"ce", "lovasz", "mb_src", "mb_tgt", "total"} <= set(steps[0]) and steps[-1]["mb_tgt"] > 0
     results = json.loads((run / "results.json").read_text())
     assert results["prototypes"] == {"skipped": "not needed by method memory-bank"}
-    changed = runner.invoke(app, _cli_args(base, run, "--stage", "proca", "--resume"))
+    # --resume continues with the run's own method; asking for another one is refused, naming the key
+    changed = runner.invoke(app, _cli_args(base, run, "--stage", "proca", "--method", "proca", "--resume"))
     assert changed.exit_code == 2 and "method" in changed.output
 
 
