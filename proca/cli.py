@@ -661,19 +661,27 @@ def demo(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, metavar="N", help="CPU threads for torch (default: all).")
     ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="The same five stages at a smaller budget: about 3 minutes on 2 CPU cores."),
+    ] = False,
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
+
+    Prints an estimate of the total time once the first iterations are measured, and a line with
+    stage k/5, the elapsed time and the ETA of the whole run at each stage start.
 
     Examples:
 
     proca demo
+    proca demo --quick
     proca demo --out proca-demo --seed 1 --json demo.json
     proca demo --threads 2
     """
     with _user_errors():
         from proca.engine.demo import run_demo
 
-        run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
+        run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads, quick=quick)
 
 
 def main() -> None:

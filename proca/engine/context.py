@@ -28,6 +28,7 @@ class RunContext:
         progress: show progress bars (rank 0).
         label_info: path of the source label info (set by the driver before the source stages).
         results: per-stage validation results the driver collects (``{"source": {...}}``).
+        clock: the whole run's :class:`~proca.engine.runclock.RunClock` (stage k/N, elapsed, ETA); None: none.
     """
 
     cfg: TrainConfig
@@ -38,6 +39,7 @@ class RunContext:
     progress: bool = True
     label_info: Path | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clock: Any = None
 
     @property
     def device(self) -> torch.device:
