@@ -82,19 +82,31 @@ DEMO_OVERRIDES: list[tuple[str, Any, str]] = [
 """Config keys the demo sets differently from the gtav->cityscapes preset: (key, value, why)."""
 
 
+QUICK_SIZE = [64, 128]
+"""The ``--quick`` scenes' size (H, W): 0.48x the cost of a 96x192 iteration (docs/demo.md)."""
+
 QUICK_SETTINGS: dict[str, Any] = {
-    "num_train": 96,  # synthetic images per training set
+    "num_train": 96,  # synthetic images per training set (source and target)
     "num_val": 40,  # synthetic target val images
+    "data_size": tuple(QUICK_SIZE),  # smaller scenes, same shift
 }
-"""What ``--quick`` changes in :data:`DEMO_SETTINGS` (fewer scenes; same size and shift)."""
+"""What ``--quick`` changes in :data:`DEMO_SETTINGS`."""
 
 QUICK_OVERRIDES: list[tuple[str, Any, str]] = [
-    ("source.iters", 90, "--quick: the 3-minute budget (docs/demo.md)"),
-    ("source.poly_iters", 90, "the schedule ends with the short stage"),
-    ("proca.iters", 40, "--quick: the 3-minute budget"),
-    ("proca.poly_iters", 40, "the schedule ends with the short stage"),
-    ("ssl.iters", 25, "--quick: the 3-minute budget"),
-    ("ssl.poly_iters", 25, "the schedule ends with the short stage"),
+    ("source.input_size", QUICK_SIZE, "the --quick scenes' size"),
+    ("source.iters", 200, "--quick: the 3-minute budget (docs/demo.md)"),
+    ("source.poly_iters", 200, "the schedule ends with the short stage"),
+    ("prototypes.input_size", QUICK_SIZE, "the --quick scenes' size"),
+    ("proca.source_size", QUICK_SIZE, "the --quick scenes' size"),
+    ("proca.target_size", QUICK_SIZE, "the --quick scenes' size"),
+    ("proca.iters", 60, "--quick: the 3-minute budget"),
+    ("proca.poly_iters", 60, "the schedule ends with the short stage"),
+    ("pseudo_label.input_size", QUICK_SIZE, "the --quick scenes' size"),
+    ("ssl.input_size", QUICK_SIZE, "the --quick scenes' size"),
+    ("ssl.scale_reference", QUICK_SIZE, "the --quick scenes' size"),
+    ("ssl.iters", 40, "--quick: the 3-minute budget"),
+    ("ssl.poly_iters", 40, "the schedule ends with the short stage"),
+    ("eval.input_size", QUICK_SIZE, "the --quick scenes' size"),
 ]
 """What ``--quick`` changes in :data:`DEMO_OVERRIDES`: (key, value, why); every other key as in the demo."""
 
