@@ -477,13 +477,19 @@ def pseudo_label(
     input_size: SizeOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Label again into an --out that holds other (or the same) pseudo labels.")
+    ] = False,
 ) -> None:
     """Write pseudo labels for the target split with per-class percentile thresholds.
 
+    An --out holding the same checkpoint's labels with the same settings is up to date (nothing to do).
+
+    An --out holding other pseudo labels is refused unless --force.
+
     Examples:
 
-    proca pseudo-label runs/x/proca.safetensors --out runs/x/pseudo_labels
+    proca pseudo-label runs/x/proca.safetensors --out runs/x/pseudo_last
     proca pseudo-label CKPT --data-root datasets --out pl --percent 0.5
     """
     with _user_errors():
@@ -668,8 +674,7 @@ def demo(
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
 
-    Prints an estimate of the total time once the first iterations are measured, and a line with
-    stage k/5, the elapsed time and the ETA of the whole run at each stage start.
+    Prints the estimated total time once the first iterations are measured, then at each stage start.
 
     Examples:
 

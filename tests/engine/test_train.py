@@ -194,7 +194,8 @@ def test_whole_recipe_through_the_cli(synth: Path, tmp_path: Path) -> None:
     assert "stage 5/5 ssl" in result.output and "all 5 stages done" in result.output  # the whole-run line
     # proca pseudo-label into the recipe's folder: the checkpoint it used -> up to date; other settings -> refused
     used = run / str(results["pseudo-label"]["checkpoint"])
-    label = ["pseudo-label", str(used), "--data-root", str(synth), "--out", str(run / "pseudo_labels"), "--device", "cpu"]
+    label = ["pseudo-label", str(used), "--data-root", str(synth), "--out", str(run / "pseudo_labels")]
+    label += ["--device", "cpu"]
     same = runner.invoke(app, label)
     assert same.exit_code == 0 and "up to date" in same.output, same.output
     other = runner.invoke(app, [*label, "--percent", "0.5"])
