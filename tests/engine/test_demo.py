@@ -120,3 +120,12 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path: Path, monkeypatc
     reused = CliRunner().invoke(app, ["demo", "--out", str(out), "--json", str(later), "--threads", "1"])
     assert reused.exit_code == 0 and "nothing retrained" in reused.output, reused.output
     assert json.loads(later.read_text()) == summary
+
+
+def test_json_reuse_matches_the_budget(tmp_path: Path) -> None:
+    (tmp_path / "demo.json").write_text(json.dumps({"final_miou": 20.0, "quick": True}))
+    assert demo._finished_summary(tmp_path, quick=True) == {"final_miou": 20.0, "quick": True}
+    assert demo._finished_summary(tmp_path, quick=False) is None  # a quick demo is not the full one
+    (tmp_path / "demo.json").write_text(json.dumps({"final_miou": 25.0}))  # written before --quick existed
+    assert demo._finished_summary(tmp_path, quick=False) == {"final_miou": 25.0}
+    assert demo._finished_summary(tmp_path / "none", quick=False) is None
