@@ -84,6 +84,8 @@ class EstimateHook(Hook):
         spent = self.timer() - self.began
         self.seen += 1
         if self.seen <= self.warmup:
+            if trainer.iteration == trainer.total:  # a stage no longer than its warm-up: its steps as they were
+                self.clock.steps_measured(trainer.stage.name, spent, trainer.iteration)
             return
         self.counted += 1
         self.seconds += spent

@@ -157,8 +157,7 @@ class RunClock:
             self.current_done = done
         if not self.announced:
             self.announced = True
-            remaining = self.remaining()
-            assert remaining is not None
+            remaining = self.remaining() or 0.0
             total = self.elapsed() + remaining
             self.say(
                 f"estimated total {format_duration(total)} (measured {seconds_per_iter:.2f} s/iteration; "
@@ -213,7 +212,8 @@ class RunClock:
             if budget.name in self.done:
                 continue
             step = self._step(budget.name) if budget.iters else 0.0
-            assert step is not None
+            if step is None:  # no training stage measured yet (e.g. every stage shorter than its warm-up)
+                return None
             iters = budget.iters
             if budget.name == self.current:
                 iters -= self.current_done

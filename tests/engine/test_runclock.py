@@ -117,3 +117,19 @@ def test_count_images_of_the_synthetic_layout(tmp_path: Path) -> None:
     write_synthetic_datasets(tmp_path, seed=0, num_train=3, num_val=2, size=(32, 64), progress=False)
     assert count_images(tmp_path, "gtav") == {"source": 3, "target_train": 3, "val": 2}
     assert count_images(tmp_path / "nowhere", "gtav") == {"source": 0, "target_train": 0, "val": 0}
+
+
+def test_stages_shorter_than_the_warm_up_still_give_an_estimate() -> None:
+    time, lines = FakeTime(), []
+    clock = RunClock([StageBudget("source", 1, 0), StageBudget("prototypes", 0, 10), StageBudget("proca", 1, 0)],
+                     say=lines.append, clock=time)  # fmt: skip
+    clock.stage_started("prototypes")  # forward-only cost known, no iteration measured: no ETA, no error
+    time.now += 1.0
+    clock.stage_finished("prototypes")
+    assert clock.remaining() is None and "ETA after the first iterations" in clock.line()
+    clock.stage_started("source")
+    hook = EstimateHook(clock, warmup=1, measure=3, timer=time)
+    trainer = _trainer("source", 1)
+    hook.before_train(trainer)  # type: ignore[arg-type]
+    _run_steps(hook, trainer, time, [2.0])  # the only step is the warm-up one: reported at the end
+    assert clock.step_cost["source"] == pytest.approx(2.0) and "estimated total" in lines[-1]
