@@ -57,3 +57,27 @@ def proca_run(
     if dist.distributed:
         torch.distributed.barrier()
     return RunContext(cfg=cfg, run_dir=run, data_root=data, dist=dist, progress=False)
+
+
+def daformer_run(
+    *, arch: str, crop: tuple[int, int], batch: int, amp: str, channels_last: bool, dist: DistInfo,
+    root: Path | None = None, overrides: list[str] | None = None,
+) -> RunContext:  # fmt: skip
+    """A run context for the ``daformer`` stage (``proca train --recipe daformer``): synthetic data on disk,
+    DAFormer's resizes (720x1280 source, 512x1024 target) and ``crop`` crops, ``batch`` source + ``batch`` target
+    images per step, uniform source sampling (rare-class sampling only changes which images are read)."""
+    from proca.data.synthetic import write_synthetic_datasets
+
+    root = Path(root or tempfile.mkdtemp(prefix="proca-bench-"))
+    data, run = root / "data", root / "run-daformer"
+    if dist.is_main and not (data / "cityscapes").is_dir():
+        write_synthetic_datasets(data, seed=0, num_train=2, num_val=1, size=(128, 256), progress=False, force=True)
+    precision = "none" if amp == "fp32" else amp
+    cfg = resolve_config(
+        overrides=[f"arch={arch}", f"amp={precision}", f"channels_last={str(channels_last).lower()}", "num_workers=0",
+                   f"daformer.crop_size=[{crop[0]}, {crop[1]}]", f"daformer.batch_size={batch * dist.world_size}",
+                   "daformer.rcs=false", *(overrides or [])]
+    )  # fmt: skip
+    if dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+    return RunContext(cfg=cfg, run_dir=run, data_root=data, dist=dist, progress=False)

@@ -16,11 +16,18 @@ Runs on one machine with CUDA; prints a table and writes JSON (``--json``). What
    (``benchmarks/bench_loader.py``), on the GPU machine's CPUs.
 4. ``--stage source --arch daformer_mit_b5 --size 512x512 --batch 2 --skip-ddp``: one source-only step of a
    transformer network (AdamW), the setting DAFormer reports memory for.
+5. ``--stage daformer --arch daformer_mit_b5 --size 512x512 --batch 2 --precisions fp32,bf16 --skip-ddp``: one
+   full step of ``proca train --recipe daformer`` (``DAFormerStage.train_step`` through the :class:`Trainer`):
+   the EMA update, the student on source and mixed images, the teacher's pseudo labels, the frozen ImageNet
+   encoder's feature distance, ClassMix with colour jitter and blur, and the losses; ``--mic`` adds MIC's
+   masked images, ``--contrast prototype|distribution`` the prototype contrast.
 
 Usage::
 
     python benchmarks/gpu_check.py --json gpu.json            # 1. and 2.
     python benchmarks/gpu_check.py --size 64x128 --tgt-size 64x128 --device cpu --iters 2   # quick CPU run
+    python benchmarks/gpu_check.py --stage daformer --arch daformer_mit_b0 --size 64x64 --batch 2 \
+        --device cpu --iters 2 --warmup 1 --precisions fp32,bf16 --skip-ddp --mic   # the daformer path on a CPU
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from proca.engine.launch import DistInfo
 from proca.engine.trainer import Hook, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _run import proca_run
+from _run import daformer_run, proca_run
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -79,24 +86,35 @@ class StepTimer(Hook):
 def timed_proca_steps(ctx: Any, iters: int, warmup: int, stage_name: str = "proca") -> tuple[StepTimer, Any]:
     """The stage's ``train_step`` (``ProcaStage`` or ``SourceStage``) through the :class:`Trainer` (LR hook +
     timer); one cached batch, so the data loader is not part of the step time (``bench_loader.py`` measures it)."""
-    from proca.engine.stages import ProcaStage, SourceStage
+    from proca.engine.stages import DAFormerStage, ProcaStage, SourceStage
 
     section = getattr(ctx.cfg, stage_name)
     section.iters = iters + warmup
     section.poly_iters = iters + warmup
-    stage = ProcaStage(ctx) if stage_name == "proca" else SourceStage(ctx)
+    classes: dict[str, Any] = {"proca": ProcaStage, "source": SourceStage, "daformer": DAFormerStage}
+    stage = classes[stage_name](ctx)
     first = next(stage.batches(0))
-    stage.batches = lambda start: iter([first] * (iters + warmup - start))  # type: ignore[method-assign]
+    if stage_name == "daformer":  # (step, micro-batches): the step number drives the EMA weight and the draws
+        stage.batches = lambda start: iter([(s, first[1]) for s in range(start, iters + warmup)])  # type: ignore[method-assign]
+    else:
+        stage.batches = lambda start: iter([first] * (iters + warmup - start))  # type: ignore[method-assign]
     timer = StepTimer(warmup)
     Trainer(ctx, stage, [LRScheduleHook(), timer]).train()
     return timer, stage
 
 
 def run_step_benchmark(args: argparse.Namespace, device: torch.device, amp: str, channels_last: bool) -> dict:
-    ctx = proca_run(
-        arch=args.arch, source_size=args.size, target_size=args.tgt_size, amp=amp, channels_last=channels_last,
-        dist=DistInfo(device=device), root=args.workdir, source_batch=args.batch,
-    )  # fmt: skip
+    if args.stage == "daformer":
+        sets = [f"daformer.mic={str(args.mic).lower()}", f"daformer.prototype_contrast={args.contrast}"]
+        ctx = daformer_run(
+            arch=args.arch, crop=args.size, batch=args.batch, amp=amp, channels_last=channels_last,
+            dist=DistInfo(device=device), root=args.workdir, overrides=sets,
+        )  # fmt: skip
+    else:
+        ctx = proca_run(
+            arch=args.arch, source_size=args.size, target_size=args.tgt_size, amp=amp, channels_last=channels_last,
+            dist=DistInfo(device=device), root=args.workdir, source_batch=args.batch,
+        )  # fmt: skip
     if device.type == "cuda":
         torch.cuda.empty_cache()
     timer, _ = timed_proca_steps(ctx, args.iters, args.warmup, args.stage)
@@ -105,6 +123,11 @@ def run_step_benchmark(args: argparse.Namespace, device: torch.device, amp: str,
     return {
         "precision": amp + ("+channels_last" if channels_last else ""),
         "stage": args.stage,
+        **(
+            {"batch": args.batch, "crop": list(args.size), "mic": args.mic, "contrast": args.contrast}
+            if args.stage == "daformer"
+            else {}
+        ),
         "it_per_s": 1.0 / seconds,
         "s_per_it": seconds,
         "peak_gib": peak,
@@ -172,8 +195,15 @@ def main() -> None:
     parser.add_argument("--ddp-timeout", type=int, default=300)
     parser.add_argument("--ddp-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ddp-result", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--stage", choices=("proca", "source"), default="proca", help="which stage's step to time")
-    parser.add_argument("--batch", type=int, default=1, help="source images per step (--stage source)")
+    parser.add_argument(
+        "--stage", choices=("proca", "source", "daformer"), default="proca", help="which stage's step to time"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="source images per step (--stage source/daformer)")
+    parser.add_argument("--mic", action="store_true", help="--stage daformer: with MIC's masked images")
+    parser.add_argument(
+        "--contrast", choices=("none", "prototype", "distribution"), default="none",
+        help="--stage daformer: daformer.prototype_contrast",
+    )  # fmt: skip
     parser.add_argument(
         "--loader-workers", default="", help="also time the data loader with these worker counts, e.g. 0,4,8"
     )

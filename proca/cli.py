@@ -112,37 +112,34 @@ def _existing_checkpoint(path: Path, what: str = "checkpoint") -> Path:
     return path
 
 
-def _parse_size(value: str | None) -> tuple[int, int] | None:
-    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``."""
+def _parse_size(value: str | None, option: str = "--input-size") -> tuple[int, int] | None:
+    """Parse ``HxW`` (for example ``512x1024``) into ``(H, W)``; sides in ``proca.config.SIZE_RANGE``."""
     if value is None:
         return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not HxW, for example 512x1024") from None
-    if h <= 0 or w <= 0:
-        raise typer.BadParameter(f"{value!r}: height and width must be positive")
-    return h, w
+    from proca.config import check_size
+    from proca.errors import ConfigError
+
+    parts = value.lower().split("x")
+    if len(parts) != 2:
+        raise ConfigError(f"{option} {value!r} is not HxW, for example 512x1024")
+    return check_size(parts, option)
 
 
 def _parse_scales(value: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of positive floats such as ``0.5,0.75,1``."""
+    """Parse comma-separated scales such as ``0.5,0.75,1``; each finite, in ``proca.config.SCALE_RANGE``."""
+    from proca.config import check_scales
+    from proca.errors import ConfigError
+
     try:
         scales = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter(f"{value!r}: give at least one scale, all positive")
-    return scales
+        raise ConfigError(f"--scales {value!r} is not a comma-separated list of numbers, e.g. 0.5,1,1.5") from None
+    return check_scales(scales, "--scales")
 
 
 class SourceName(str, Enum):
     gtav = "gtav"
     synthia = "synthia"
-
-
-class TargetName(str, Enum):
-    cityscapes = "cityscapes"
 
 
 class Stage(str, Enum):
@@ -152,6 +149,11 @@ class Stage(str, Enum):
     proca = "proca"
     pseudo_label = "pseudo-label"
     ssl = "ssl"
+
+
+class Recipe(str, Enum):
+    proca = "proca"
+    daformer = "daformer"
 
 
 class Method(str, Enum):
@@ -203,10 +205,11 @@ DataRootOpt = Annotated[
     typer.Option(
         "--data-root",
         metavar="DIR",
-        help="Folder holding cityscapes/ (as for proca train); the Cityscapes folder itself (with leftImg8bit/) "
-        "works too.",
+        help="Datasets folder holding cityscapes/ (or the --dataset's folder: acdc/, bdd100k/, ...), as for proca "
+        "train; the dataset folder itself (e.g. with leftImg8bit/) works too.",
     ),
 ]
+_SKIP_BAD_HELP = "Skip and count unreadable label files and image/label pairs of different sizes."
 CkptArg = Annotated[
     Path, typer.Argument(metavar="CKPT", help="A proca .safetensors checkpoint or a released .pth file.")
 ]
@@ -219,6 +222,18 @@ def synth(
     train: Annotated[int, typer.Option("--train", min=1, help="Training images per dataset.")] = 160,
     val: Annotated[int, typer.Option("--val", min=1, help="Cityscapes-style validation images.")] = 40,
     size: Annotated[str, typer.Option("--size", metavar="HxW", help="Image size HxW.")] = "256x512",
+    shift: Annotated[
+        float, typer.Option("--shift", min=0.0, max=3.0, help="Global camera-look shift of the target (0: none).")
+    ] = 1.0,
+    class_shift: Annotated[
+        float,
+        typer.Option(
+            "--class-shift",
+            min=0.0,
+            max=1.0,
+            help="Class-conditional shift: per-class colour/texture swaps, class mix.",
+        ),
+    ] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
 ) -> None:
     """Write synthetic driving scenes in the real GTA5, SYNTHIA and Cityscapes on-disk formats.
@@ -227,18 +242,28 @@ def synth(
 
     proca synth --out synthetic
     proca synth --out small --train 16 --val 4 --size 128x256 --seed 1
+    proca synth --out hard --class-shift 1.0
     """
-    hw = _parse_size(size)
-    assert hw is not None
     with _user_errors():
+        hw = _parse_size(size, "--size")
+        assert hw is not None
         from proca.data.synthetic import write_synthetic_datasets
 
-        write_synthetic_datasets(out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True)
+        write_synthetic_datasets(
+            out, seed=seed, num_train=train, num_val=val, size=hw, force=force, progress=True, shift=shift,
+            class_shift=class_shift,
+        )  # fmt: skip
 
 
 @app.command("label-info")
 def label_info(
-    dataset: Annotated[SourceName, typer.Argument(help="Source dataset whose labels to scan.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help="Labelled dataset to scan: gtav, synthia, or a built-in one (acdc, bdd100k, mapillary, ...).",
+        ),
+    ],
     root: Annotated[Path, typer.Option("--root", help="Dataset root, e.g. datasets/gtav.")],
     out: Annotated[
         Path | None, typer.Option("--out", help="Output JSON (default: ROOT/<dataset>_label_info.json).")
@@ -247,7 +272,12 @@ def label_info(
         Path | None, typer.Option("--list", help="Only scan the files named in this list.", dir_okay=False)
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0: one per core).")] = 0,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP)] = False,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="SPLIT", help="Split of a built-in dataset (default: its first labelled one)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output JSON.")] = False,
 ) -> None:
     """Scan source labels: the classes (and pixel counts) in every file, for class-balanced sampling.
 
@@ -255,11 +285,14 @@ def label_info(
 
     proca label-info gtav --root datasets/gtav
     proca label-info synthia --root datasets/synthia --workers 8 --skip-bad
+    proca label-info bdd100k --root datasets --split train
     """
     with _user_errors():
         from proca.data.label_info import run_label_info
 
-        run_label_info(dataset.value, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad)
+        run_label_info(
+            dataset, root, out=out, list_file=list_file, workers=workers, skip_bad=skip_bad, split=split, force=force
+        )
 
 
 _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardware", "Run folder and config"
@@ -268,24 +301,45 @@ _DATA, _MODEL, _SCHEDULE, _HARDWARE, _RUN = "Data", "Model", "Schedule", "Hardwa
 @app.command()
 def train(
     src: Annotated[
-        SourceName | None,
+        str | None,
         typer.Option(
-            "--src", help="Labelled source dataset (default: the config's src, else gtav).", rich_help_panel=_DATA
+            "--src",
+            metavar="SOURCE",
+            help="Labelled source: gtav, synthia or a dataset card with labels (default: the config's src, else gtav).",
+            rich_help_panel=_DATA,
         ),
     ] = None,
     tgt: Annotated[
-        TargetName | None,
-        typer.Option("--tgt", help="Unlabelled target dataset (default: cityscapes).", rich_help_panel=_DATA),
+        str | None,
+        typer.Option(
+            "--tgt",
+            metavar="TARGET",
+            help="Unlabelled target: a built-in dataset (cityscapes (default), acdc, acdc_fog|night|rain|snow, "
+            "dark_zurich, bdd100k, mapillary), a dataset card (.yaml/.yml/.json) or a folder/glob of images of any "
+            "size (searched recursively); see docs/data.md.",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    tgt_val: Annotated[
+        str | None,
+        typer.Option(
+            "--tgt-val",
+            metavar="DIR",
+            help="Labelled data to validate on: a Cityscapes folder, a dataset card or a built-in dataset "
+            "(default: the target's own labels; none for a folder of images: validation is skipped).",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     data_root: Annotated[
         Path,
         typer.Option(
-            "--data-root", metavar="DIR", help="Folder holding gtav/, synthia/, cityscapes/.", rich_help_panel=_DATA
+            "--data-root",
+            metavar="DIR",
+            help="Datasets folder holding gtav/, synthia/ and the target's folder (cityscapes/, acdc/, ...).",
+            rich_help_panel=_DATA,
         ),
     ] = Path("datasets"),
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip and count unreadable label files.", rich_help_panel=_DATA)
-    ] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help=_SKIP_BAD_HELP, rich_help_panel=_DATA)] = False,
     arch: Annotated[
         str | None,
         typer.Option(
@@ -373,6 +427,16 @@ def train(
     out: Annotated[
         Path, typer.Option("--out", help="Run folder for checkpoints, logs and pseudo labels.", rich_help_panel=_RUN)
     ] = Path("runs/proca"),
+    recipe: Annotated[
+        Recipe | None,
+        typer.Option(
+            "--recipe",
+            help="proca: the five ProCA stages; daformer: DAFormer's online self-training (docs/training.md). "
+            "Default: proca, or with --resume the recipe of the run in --out.",
+            show_default=False,
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     stage: Annotated[
         Stage, typer.Option("--stage", help="Which stage to run (all: every stage in order).", rich_help_panel=_RUN)
     ] = Stage.all,
@@ -420,7 +484,9 @@ def train(
     proca train --src gtav --gpus 4 --backbone-weights resnet101-5d3b4d8f.pth
     proca train --out runs/smoke --stage source --arch deeplabv2_resnet18
     proca train --src synthia --set proca.temperature=0.1 --print-config
+    proca train --src gtav --tgt my_footage/ --out runs/gta2mine --print-config
     proca train --out runs/gta2city --resume
+    proca train --recipe daformer --arch daformer_mit_b5 --set daformer.mic=true --print-config
     """
     with _user_errors():
         from proca.engine.train import RunOptions, run_train, train_config
@@ -432,16 +498,18 @@ def train(
             "amp": amp.value if amp else None,
             "channels_last": channels_last,
             "checkpoint_every": checkpoint_every,
+            "tgt_val": tgt_val,
             "iters": iters,
             "batch_size": batch_size,
             "input_size": _parse_size(input_size),
         }
         cfg = train_config(
-            src=src.value if src else None,
-            tgt=tgt.value if tgt else None,
+            src=src,
+            tgt=tgt,
             config_file=config,
             overrides=list(set_ or []),
             options=options,
+            resume_dir=out if resume else None,
         )
         if print_config:
             import json
@@ -452,6 +520,7 @@ def train(
             data_root=data_root,
             out=out,
             stage=stage.value,
+            recipe=_train_recipe(recipe, out, resume),
             backbone_weights=backbone_weights,
             resume=resume,
             force=force,
@@ -462,6 +531,17 @@ def train(
             cfg, run, gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
             debug=_state["debug"],
         )  # fmt: skip
+
+
+def _train_recipe(recipe: Recipe | None, out: Path, resume: bool) -> str:
+    """``--recipe`` as given; not given: the recipe of the run being resumed, else ``proca``."""
+    if recipe is not None:
+        return recipe.value
+    if resume:
+        from proca.engine.runfolder import folder_recipe
+
+        return folder_recipe(out) or "proca"
+    return "proca"
 
 
 @app.command("pseudo-label")
@@ -510,11 +590,82 @@ def pseudo_label(
         )
 
 
+@app.command("adapt-bn")
+def adapt_bn(
+    checkpoint: CkptArg,
+    out: Annotated[Path, typer.Option("--out", help="The adapted .safetensors checkpoint to write.")],
+    data_root: DataRootOpt = Path("datasets"),
+    tgt: Annotated[
+        str,
+        typer.Option(
+            "--tgt",
+            metavar="TARGET",
+            help="Unlabelled target, as for proca train: a built-in dataset (its train images), a dataset card, "
+            "or a folder (or glob) of images.",
+        ),
+    ] = "cityscapes",
+    images: Annotated[
+        int | None,
+        typer.Option("--images", min=1, metavar="N", help="Use the first N target train images (default: all)."),
+    ] = None,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            "--input-size", metavar="HxW", help="Target image size HxW (default: the checkpoint's proca.target_size)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+) -> None:
+    """AdaBN: re-estimate BatchNorm statistics on unlabelled target images; every weight stays unchanged.
+
+    Running mean and variance of every BatchNorm layer: their cumulative average over the target's
+    train images (--tgt, default the Cityscapes train split under --data-root; no labels, no gradient).
+    MiT / SegFormer (LayerNorm) are refused.
+
+    Examples:
+
+    proca adapt-bn runs/x/source.safetensors --data-root datasets --out runs/x/adabn.safetensors
+    proca adapt-bn CKPT --data-root datasets --out adabn.safetensors --images 500 --batch-size 4
+    proca adapt-bn runs/x/source.safetensors --tgt my_footage/ --out runs/x/adabn-footage.safetensors
+    """
+    with _user_errors():
+        _existing_checkpoint(checkpoint)
+        from proca.engine.commands.adapt_bn import run_adapt_bn
+
+        run_adapt_bn(
+            checkpoint,
+            data_root=data_root,
+            tgt=tgt,
+            out=out,
+            images=images,
+            input_size=_parse_size(input_size),
+            batch_size=batch_size,
+            device=device,
+            force=force,
+        )
+
+
 @app.command("eval")
 def eval_(
     checkpoint: CkptArg,
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split.")] = "val",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            metavar="DATASET",
+            help="What to score on: a built-in dataset (cityscapes, acdc, acdc_fog|night|rain|snow, dark_zurich, "
+            "bdd100k, mapillary), a dataset card with labels (.yaml/.yml/.json) or a Cityscapes folder.",
+        ),
+    ] = "cityscapes",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", metavar="SPLIT", help="Split of a built-in dataset or Cityscapes folder (default: its val)."
+        ),
+    ] = None,
     scales: ScalesOpt = "1",
     flip: FlipOpt = False,
     input_size: SizeOpt = None,
@@ -528,14 +679,20 @@ def eval_(
     ] = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing --json, --save-predictions or --report files.")
+    ] = False,
 ) -> None:
-    """Evaluate a checkpoint on Cityscapes (mIoU; mIoU13 too for SYNTHIA models).
+    """Evaluate a checkpoint on Cityscapes, another built-in dataset or a dataset card (mIoU; mIoU13 too for
+    SYNTHIA models).
 
     Examples:
 
     proca eval runs/x/ssl.safetensors --data-root datasets --json eval.json
+    proca eval runs/x/ssl.safetensors --dataset acdc_night --data-root datasets
     proca eval CKPT --data-root datasets --scales 0.5,1,1.5 --flip
     proca eval model_proca_ssl.pth --save-predictions preds --format color
+    proca eval CKPT --dataset my_labels.yaml --json eval.json
     """
     with _user_errors():
         _existing_checkpoint(checkpoint)
@@ -544,6 +701,7 @@ def eval_(
         run_eval(
             checkpoint,
             data_root=data_root,
+            dataset=dataset,
             split=split,
             scales=_parse_scales(scales),
             flip=flip,
@@ -554,6 +712,7 @@ def eval_(
             report_dir=report,
             device=device,
             batch_size=batch_size,
+            force=force,
         )
 
 
@@ -568,6 +727,7 @@ def infer(
     input_size: SizeOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite prediction files that exist in --out.")] = False,
 ) -> None:
     """Segment your own images: coloured masks, overlays, or raw ids.
 
@@ -590,6 +750,7 @@ def infer(
             input_size=_parse_size(input_size),
             device=device,
             batch_size=batch_size,
+            force=force,
         )
 
 
@@ -600,6 +761,7 @@ def convert(
     class_set: Annotated[
         str | None, typer.Option("--class-set", help="cityscapes19 or synthia16 (default: from the class count).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing DST.")] = False,
 ) -> None:
     """Convert a released .pth checkpoint into a proca .safetensors checkpoint.
 
@@ -612,7 +774,7 @@ def convert(
         _existing_checkpoint(src, "SRC")
         from proca.engine.commands.convert import run_convert
 
-        run_convert(src, dst, class_set=class_set)
+        run_convert(src, dst, class_set=class_set, force=force)
 
 
 @app.command()
@@ -671,6 +833,10 @@ def demo(
         bool,
         typer.Option("--quick", help="The same five stages at a smaller budget: about 3 minutes on 2 CPU cores."),
     ] = False,
+    recipe: Annotated[
+        Recipe,
+        typer.Option("--recipe", help="proca: the five stages; daformer: source-only vs DAFormer self-training."),
+    ] = Recipe.proca,
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
 
@@ -684,6 +850,15 @@ def demo(
     proca demo --threads 2
     """
     with _user_errors():
+        if recipe == Recipe.daformer:
+            if quick:
+                from proca.errors import ConfigError
+
+                raise ConfigError("--quick is the proca recipe's smaller budget; leave it out with --recipe daformer.")
+            from proca.engine.demo_daformer import run_daformer_demo
+
+            run_daformer_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
+            return
         from proca.engine.demo import run_demo
 
         run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads, quick=quick)

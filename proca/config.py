@@ -30,9 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from proca.errors import ConfigError
 
 __all__ = [
+    "IMAGE_PIXEL_LIMIT",
     "PRESETS",
+    "SCALE_RANGE",
+    "SIZE_RANGE",
+    "TILE_PIXEL_LIMIT",
+    "TILE_SIZE",
     "TRAIN_OPTIONS",
     "AdamWConfig",
+    "DAFormerStageConfig",
     "EvalConfig",
     "MemoryBankConfig",
     "ProcaStageConfig",
@@ -43,6 +49,8 @@ __all__ = [
     "TrainConfig",
     "apply_options",
     "apply_overrides",
+    "check_scales",
+    "check_size",
     "config_keys",
     "load_config_file",
     "preset",
@@ -59,10 +67,62 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
-def _check_size(value: Size) -> Size:
-    if value[0] <= 0 or value[1] <= 0:
-        raise ValueError(f"sizes are [H, W] with positive entries, got {list(value)}")
-    return value
+#: Test scales accepted by ``--scales``, ``eval.scales`` and ``proca.predict`` (inclusive).
+SCALE_RANGE: tuple[float, float] = (0.1, 4.0)
+#: Sides accepted for every image size (``--input-size``, ``--size``, config sizes, checkpoint metadata).
+SIZE_RANGE: tuple[int, int] = (16, 8192)
+#: Images with more pixels are refused before they are decoded (Pillow calls larger ones decompression
+#: bombs); 100 megapixels is e.g. 10000x10000.
+IMAGE_PIXEL_LIMIT = 100_000_000
+#: A network pass on more input pixels than this (e.g. a 2048x2048 input, or a large --input-size times a
+#: scale) runs in overlapping :data:`TILE_SIZE` windows whose logits are averaged, so memory stays bounded.
+TILE_PIXEL_LIMIT = 2048 * 2048
+#: The (H, W) window of tiled prediction; neighbouring windows overlap by a third.
+TILE_SIZE: tuple[int, int] = (1024, 1024)
+
+
+def check_scales(values: Sequence[float], option: str = "scales") -> tuple[float, ...]:
+    """The scales as floats when every one is finite and inside :data:`SCALE_RANGE`.
+
+    Raises:
+        ConfigError: empty, not numbers, non-finite or out of range; the message names ``option``.
+    """
+    low, high = SCALE_RANGE
+    try:
+        scales = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} {values!r}: give numbers such as 0.5,1,1.5") from None
+    bad = [s for s in scales if not (math.isfinite(s) and low <= s <= high)]
+    if not scales or bad:
+        what = f"{bad[0]:g} is not a finite scale" if bad else "no scale given; give finite scales"
+        raise ConfigError(f"{option}: {what} in [{low:g}, {high:g}] (e.g. 0.5,1,1.5)")
+    return scales
+
+
+def check_size(value: Sequence[Any], option: str = "size") -> Size:
+    """``(H, W)`` as ints when both sides are whole numbers inside :data:`SIZE_RANGE`.
+
+    Raises:
+        ConfigError: not two numbers, not whole, or out of range; the message names ``option``.
+    """
+    low, high = SIZE_RANGE
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) and v == int(v) and low <= v <= high for v in values):
+        shown = "x".join(f"{v:g}" for v in values) if len(values) == 2 else repr(value)
+        raise ConfigError(f"{option} {shown}: give HxW with whole sides in {low}..{high} (e.g. 512x1024)")
+    return int(values[0]), int(values[1])
+
+
+def _check_size(value: Size | None) -> Size | None:
+    if value is None:
+        return None
+    try:
+        return check_size(value, "the size")
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
 
 
 class _SolverFields(_Model):
@@ -215,14 +275,94 @@ class SelfTrainingStageConfig(_SolverFields):
     scale: tuple[float, float] = (0.5, 1.5)
     color_jitter: bool = Field(True, description="The stage-3 colour augmentations (flip p=0.5 always applies).")
 
-    _size = field_validator("input_size")(_check_size)
+    _size = field_validator("input_size", "scale_reference")(_check_size)
 
     @field_validator("scale")
     @classmethod
     def _scale_order(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1]:
-            raise ValueError(f"scale must be [low, high] with 0 < low <= high, got {list(value)}")
+        low, high = SCALE_RANGE
+        if not (math.isfinite(value[0]) and math.isfinite(value[1]) and low <= value[0] <= value[1] <= high):
+            raise ValueError(f"scale must be [low, high] with {low:g} <= low <= high <= {high:g}, got {list(value)}")
         return value
+
+
+PrototypeContrast = Literal["none", "prototype", "distribution"]
+
+
+class DAFormerStageConfig(_SolverFields):
+    """The ``daformer`` recipe (``proca train --recipe daformer``): one online self-training stage.
+
+    Defaults are DAFormer's GTA5 -> Cityscapes config (``gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5``):
+    40k iterations of AdamW (the ``adamw`` section: lr 6e-5, head x10, warm-up 1500, poly 1.0), 2 source + 2
+    target 512x512 crops per step, an EMA teacher (alpha 0.999) whose pseudo labels are weighted by the share
+    of pixels above 0.968 and cropped (top 15 / bottom 120 rows), ClassMix of half the source classes with
+    colour jitter and blur, rare-class sampling and the ImageNet feature distance on thing classes. MIC's
+    masked image consistency (``mic``) and ProCA's prototype contrast (``prototype_contrast``) are off.
+    See ``docs/training.md``.
+    """
+
+    iters: int = Field(40_000, gt=0)
+    lr: float = Field(6e-5, gt=0, description="Base rate with optimizer sgd (AdamW takes the adamw section's).")
+    poly_power: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(2, gt=0, description="Source images per step (as many target images), all processes.")
+    eval_every: int = Field(4000, ge=0, description="Validate student and teacher every N iterations (0: at the end).")
+    source_only: bool = Field(
+        False, description="Only the source terms (cross entropy, feature distance): the same run without adaptation."
+    )
+    keep: Literal["student", "teacher"] = Field(
+        "student", description="Which network RUN/daformer.safetensors holds (DAFormer evaluates the student)."
+    )
+    eval_teacher: bool = Field(True, description="Also validate the EMA teacher (logged as teacher_miou).")
+    source_size: Size = Field((720, 1280), description="Source resize [H, W] before the crop (SYNTHIA 760x1280).")
+    target_size: Size = Field((512, 1024), description="Target resize [H, W] before the crop.")
+    crop_size: Size = Field((512, 512), description="Training crop [H, W] of both domains.")
+    cat_max_ratio: float = Field(
+        0.75, gt=0, le=1, description="Source crops retried (10x) until no class covers more than this share."
+    )
+    flip: bool = Field(True, description="Random horizontal flip (p = 0.5) of both domains.")
+    ema_alpha: float = Field(0.999, ge=0, lt=1, description="Teacher EMA: min(1 - 1/(t+1), alpha).")
+    pseudo_threshold: float = Field(0.968, ge=0, le=1, description="Teacher confidence counted in the pseudo weight.")
+    pseudo_ignore_top: int = Field(15, ge=0, description="Rows at the top of a target crop with pseudo weight 0.")
+    pseudo_ignore_bottom: int = Field(120, ge=0, description="Rows at the bottom with pseudo weight 0.")
+    mix: Literal["class", "none"] = Field("class", description="class: DACS ClassMix of source classes into target.")
+    color_jitter_strength: float = Field(0.2, ge=0, description="Brightness/contrast/saturation/hue strength s.")
+    color_jitter_probability: float = Field(
+        0.2, ge=0, le=1, description="As DAFormer: jitter is applied when u ~ U(0,1) exceeds this (p = 0.8)."
+    )
+    blur: bool = Field(True, description="Gaussian blur (p = 0.5, sigma ~ U(0.15, 1.15)) of mixed images.")
+    rcs: bool = Field(True, description="Rare-class sampling of source images (needs the label info).")
+    rcs_temperature: float = Field(0.01, gt=0, description="T of p_c = softmax((1 - f_c) / T).")
+    rcs_min_pixels: int = Field(3000, ge=0, description="An image is sampled for class c if it has more pixels of c.")
+    rcs_min_crop_ratio: float = Field(
+        0.5, ge=0, description="Class-aware crop: retried (10x) until it holds > ratio x min_pixels of c."
+    )
+    fd_lambda: float = Field(0.005, ge=0, description="Weight of the ImageNet feature distance (0: off).")
+    fd_classes: tuple[int, ...] | None = Field(
+        (6, 7, 11, 12, 13, 14, 15, 16, 17, 18), description="Train ids the distance applies to (None: all pixels)."
+    )
+    fd_scale_min_ratio: float = Field(
+        0.75, ge=0, le=1, description="A feature pixel counts when one class covers this share of its label patch."
+    )
+    mic: bool = Field(False, description="MIC: masked image consistency on colour-augmented target images.")
+    mic_block_size: int = Field(64, gt=0, description="Side of the square mask patches in pixels.")
+    mic_ratio: float = Field(0.7, ge=0, lt=1, description="Share of patches masked.")
+    mic_lambda: float = Field(1.0, ge=0, description="Weight of the masked loss.")
+    mic_color_aug: bool = Field(True, description="Colour jitter and blur before masking (MIC's separatetrgaug).")
+    prototype_contrast: PrototypeContrast = Field(
+        "none", description="none; prototype: ProCA's prototype contrast; distribution: SePiCo-style mean + variance."
+    )
+    contrast_weight: float = Field(1.0, ge=0, description="Weight of the contrast term.")
+    contrast_temperature: float = Field(
+        50.0, gt=0, description="Temperature: prototype divides the cosine (ProCA: 50); distribution the logits."
+    )
+    contrast_start_iter: int = Field(0, ge=0, description="The contrast term is added from this iteration on.")
+    prototype_momentum: float | None = Field(
+        0.1, gt=0, le=1, description="EMA weight of a batch mean in the prototypes (None: running mean)."
+    )
+    distribution_ratio: float = Field(1.0, ge=0, description="Scale of the variance term (SePiCo's ratio).")
+
+    _size = field_validator("source_size", "target_size", "crop_size")(_check_size)
 
 
 class EvalConfig(_Model):
@@ -235,6 +375,14 @@ class EvalConfig(_Model):
     max_images: int | None = Field(None, gt=0, description="Only evaluate the first N val images (None: all).")
 
     _size = field_validator("input_size")(_check_size)
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        try:
+            return check_scales(value, "the scales")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
 
 class AdamWConfig(_Model):
@@ -257,8 +405,22 @@ class AdamWConfig(_Model):
 class TrainConfig(_Model):
     """The whole recipe: data, model, run-time options and one sub-model per stage."""
 
-    src: Literal["gtav", "synthia"] = "gtav"
-    tgt: Literal["cityscapes"] = "cityscapes"
+    src: str = Field(
+        "gtav",
+        description="Labelled source: gtav, synthia or a dataset card with labels (.yaml/.yml/.json; recorded as "
+        "an absolute path).",
+    )
+    tgt: str = Field(
+        "cityscapes",
+        description="Unlabelled target: a built-in dataset (cityscapes), a dataset card (.yaml/.yml/.json) or a "
+        "folder/glob of images (recorded as an absolute path).",
+    )
+    tgt_val: str | None = Field(
+        None,
+        description="Labelled data to validate on: a built-in dataset, a dataset card with labels or a Cityscapes "
+        "folder. None: the target's own labels (cityscapes val, a labelled card); a folder target has none, so "
+        "validation is skipped and each stage's last checkpoint is used.",
+    )
     class_set: Literal["cityscapes19", "synthia16"] = "cityscapes19"
     method: Literal["prototype", "memory-bank"] = Field(
         "prototype", description="Adaptation loss of the proca stage: prototype (the paper) or memory-bank."
@@ -281,8 +443,32 @@ class TrainConfig(_Model):
     proca: ProcaStageConfig = Field(default_factory=ProcaStageConfig)  # type: ignore[arg-type]
     pseudo_label: PseudoLabelStageConfig = Field(default_factory=PseudoLabelStageConfig)  # type: ignore[arg-type]
     ssl: SelfTrainingStageConfig = Field(default_factory=SelfTrainingStageConfig)  # type: ignore[arg-type]
+    daformer: DAFormerStageConfig = Field(default_factory=DAFormerStageConfig)  # type: ignore[arg-type]
     eval: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     adamw: AdamWConfig = Field(default_factory=AdamWConfig)  # type: ignore[arg-type]
+
+    @field_validator("src")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from proca.data.cards import is_card_path
+        from proca.data.targets import canonical_spec
+
+        if value in ("gtav", "synthia"):
+            return value
+        if is_card_path(value):
+            return canonical_spec(value)
+        raise ValueError(f"--src {value}: give gtav, synthia or a dataset card with labels (.yaml/.yml/.json)")
+
+    @field_validator("tgt", "tgt_val")
+    @classmethod
+    def _canonical_target(cls, value: str | None) -> str | None:
+        from proca.data.targets import canonical_spec
+
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("give a built-in dataset name, a dataset card or a folder/glob of images")
+        return canonical_spec(value)
 
     @field_validator("arch")
     @classmethod
@@ -295,10 +481,17 @@ class TrainConfig(_Model):
 
     @model_validator(mode="after")
     def _class_set_matches_source(self) -> TrainConfig:
+        if self.source_key == "card":
+            return self  # a card's labels map by name to either class set
         expected = "synthia16" if self.src == "synthia" else "cityscapes19"
         if self.class_set != expected:
             raise ValueError(f"class_set {self.class_set!r} does not fit src {self.src!r}; use {expected!r}")
         return self
+
+    @property
+    def source_key(self) -> str:
+        """``gtav``, ``synthia``, or ``card`` for a dataset card (names the generated label info file)."""
+        return self.src if self.src in ("gtav", "synthia") else "card"
 
     @property
     def num_classes(self) -> int:
@@ -318,26 +511,53 @@ def _preset(src: Literal["gtav", "synthia"]) -> dict[str, Any]:
         "source": {"input_size": size},
         "prototypes": {"input_size": size},
         "proca": {"source_size": size},
+        # DAFormer's SYNTHIA config: 1280x760 source; the thing classes in SYNTHIA16 train ids
+        "daformer": {"source_size": size, "fd_classes": [6, 7, 10, 11, 12, 13, 14, 15]},
     }
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "gtav->cityscapes": _preset("gtav"),
-    "synthia->cityscapes": _preset("synthia"),
-}
+def _presets() -> dict[str, dict[str, Any]]:
+    from proca.data.registry import TARGET_NAMES
+
+    out: dict[str, dict[str, Any]] = {}
+    for src in ("gtav", "synthia"):
+        for tgt in TARGET_NAMES:  # other targets use the <src> -> cityscapes recipe with their own images
+            out[f"{src}->{tgt}"] = {**_preset(src), "tgt": tgt}
+    return out
+
+
+PRESETS: dict[str, dict[str, Any]] = _presets()
 """The released recipes, keyed ``"<src>-><tgt>"``: only what differs from the fields' defaults (the defaults
-are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field)."""
+are the released GTA5 -> Cityscapes hyper-parameters; every default lives on its pydantic field). A built-in
+target other than Cityscapes (:data:`proca.data.registry.TARGET_NAMES`) uses the ``<src> -> cityscapes`` recipe."""
 
 
 def preset(src: str, tgt: str = "cityscapes") -> dict[str, Any]:
     """Return a deep copy of the preset for ``src -> tgt`` as a plain dict.
 
+    A target without a preset of its own (a dataset card, a folder/glob of images, a built-in dataset other
+    than Cityscapes) gets the ``<src>->cityscapes`` recipe with ``tgt`` set to it: its images are resized to
+    the same target sizes.
+
     Raises:
         ConfigError: no preset for that pair.
     """
+    from proca.data.cards import is_card_path
+
+    if is_card_path(src):  # a labelled card as the source: the GTA5 recipe, with the card's images and labels
+        data = preset("gtav", tgt)
+        data["src"] = src
+        return data
     key = f"{src}->{tgt}"
+    if key not in PRESETS and f"{src}->cityscapes" in PRESETS:
+        data = copy.deepcopy(PRESETS[f"{src}->cityscapes"])
+        data["tgt"] = tgt
+        return data
     if key not in PRESETS:
-        raise ConfigError(f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)}.")
+        raise ConfigError(
+            f"no preset for --src {src} --tgt {tgt}; valid pairs: {', '.join(PRESETS)} (--src also takes a dataset "
+            "card, --tgt a card or a folder of images)."
+        )
     return copy.deepcopy(PRESETS[key])
 
 
@@ -492,8 +712,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "amp": ("amp",),
     "channels_last": ("channels_last",),
     "checkpoint_every": ("checkpoint_every",),
-    "iters": ("source.iters", "proca.iters", "ssl.iters"),
-    "batch_size": ("source.batch_size", "proca.batch_size", "ssl.batch_size"),
+    "tgt_val": ("tgt_val",),
+    "iters": ("source.iters", "proca.iters", "ssl.iters", "daformer.iters"),
+    "batch_size": ("source.batch_size", "proca.batch_size", "ssl.batch_size", "daformer.batch_size"),
     "input_size": (
         "source.input_size",
         "prototypes.input_size",
@@ -502,6 +723,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
         "pseudo_label.input_size",
         "ssl.input_size",
         "ssl.scale_reference",
+        "daformer.source_size",
+        "daformer.target_size",
+        "daformer.crop_size",
         "eval.input_size",
     ),
 }
@@ -562,12 +786,14 @@ def resolve_config(
     *,
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> TrainConfig:
     """Resolve the run's configuration: preset < ``config_file`` < ``overrides`` < the given options.
 
     Args:
         src, tgt: the dataset pair choosing the preset.
+        base: a whole config to start from instead of the preset (a resumed run's ``RUN/config.json``).
         config_file: TOML/JSON/YAML with any subset of keys.
         overrides: ``key.path=value`` strings (``--set``).
         options: :data:`TRAIN_OPTIONS` the user gave (None: not given, keeps the layers below).
@@ -575,7 +801,7 @@ def resolve_config(
     Raises:
         ConfigError: unknown keys or options (with a suggestion), invalid values or cross-field violations.
     """
-    data = preset(src, tgt)
+    data = preset(src, tgt) if base is None else copy.deepcopy(dict(base))
     if config_file is not None:
         loaded = load_config_file(config_file)
         _check_keys(loaded, TrainConfig, f"--config {config_file}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = ["read_torch_file"]
 def _first_line(err: BaseException, limit: int = 200) -> str:
     text = str(err).strip().splitlines()
     line = text[0] if text else type(err).__name__
+    if "weights_only" in line:  # torch's advice to load unsafely is never passed on
+        return "refused by the safe loader (weights_only=True)"
     return line if len(line) <= limit else line[:limit] + "..."
 
 
@@ -48,9 +51,19 @@ def read_torch_file(
         raise CheckpointError(f"{what} {path} does not exist")
     hint = f"; give {expected}" if expected else ""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4 ...": torch's notes about the file, not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False (running the file's code); it is never passed on
         refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        operand = re.search(r"Unsupported operand (\d+)", str(err))
+        if operand is not None:
+            raise CheckpointError(
+                f"{what} {path} was refused: it is a plain Python pickle (opcode {operand.group(1)}), not torch's "
+                f"tensor format, and proca never unpickles arbitrary objects{hint}"
+            ) from None
         if refused is None:  # torch reports random bytes as a weights-only failure too
             raise CheckpointError(
                 f"{what} {path} is not a readable torch file (corrupt, truncated or not a .pth file){hint}"

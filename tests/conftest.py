@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# the same examples on every run: a property test that fails, fails for everyone (no run-to-run luck in CI)
+settings.register_profile("proca", derandomize=True, print_blob=True)
+settings.load_profile("proca")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROCA_SHARED", REPO.parent / "shared"))

@@ -12,7 +12,7 @@ from proca.cli import app
 
 runner = CliRunner()
 
-COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "export", "demo"]
+COMMANDS = ["synth", "label-info", "train", "pseudo-label", "adapt-bn", "eval", "infer", "convert", "export", "demo"]
 
 
 def test_help_lists_every_subcommand() -> None:

@@ -22,7 +22,7 @@ from proca import __version__
 from proca.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["synth", "label-info", "train", "pseudo-label", "eval", "infer", "convert", "export", "demo"]
+COMMANDS = ["synth", "label-info", "train", "pseudo-label", "adapt-bn", "eval", "infer", "convert", "export", "demo"]
 WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
 
 
@@ -89,9 +89,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("examples")
     write_synthetic_datasets(root / "datasets", seed=0, num_train=2, num_val=1, size=(32, 64), progress=False)
+    from tests.data._benchmarks import write_all
+
+    write_all(root / "datasets")  # acdc/, dark_zurich/, bdd100k/, mapillary/
     meta = {"class_set": "cityscapes19", "eval_input_size": [32, 64]}
     model = build_model("deeplabv2_resnet18")
-    for name in ("CKPT", "ssl.safetensors", "runs/x/ssl.safetensors", "runs/x/proca.safetensors"):
+    names = ["CKPT", "ssl.safetensors", *(f"runs/x/{stage}.safetensors" for stage in ("ssl", "proca", "source"))]
+    for name in names:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         save_model(model, root / name, metadata=meta)
     for name, classes in (("model_proca_ssl.pth", 19), ("syn.pth", 16)):
@@ -100,6 +104,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "photos").mkdir()
     image = sorted((root / "datasets/cityscapes/leftImg8bit/val").glob("*/*.png"))[0]
     Image.open(image).convert("RGB").save(root / "photos" / "street.jpg")
+    (root / "my_footage" / "day1").mkdir(parents=True)  # unlabelled footage of one's own, as a target
+    Image.open(image).convert("RGB").save(root / "my_footage" / "day1" / "frame_0001.jpg")
+    for sub in ("images", "labels"):  # labelled data of one's own, described by a dataset card
+        (root / "my_data" / sub).mkdir(parents=True)
+    Image.open(image).convert("RGB").save(root / "my_data" / "images" / "street.png")
+    Image.new("L", Image.open(image).size, 0).save(root / "my_data" / "labels" / "street.png")
+    (root / "my_labels.yaml").write_text(
+        "images: my_data/images/*.png\nlabels: my_data/labels/{name}.png\nlabel_format: trainid\n"
+    )
     return root
 
 
@@ -113,7 +126,7 @@ def _tiny(command: str, args: list[str]) -> list[str]:
             return [*args, "--print-config"]
         tiny = ["--iters", "1", "--input-size", "32x64", "--arch", "deeplabv2_resnet18", "--device", "cpu"]
         return [*args, *tiny, "--set", "num_workers=0", "--set", "eval.max_images=1"]
-    if command in ("eval", "infer", "pseudo-label"):
+    if command in ("eval", "infer", "pseudo-label", "adapt-bn"):
         size = [] if "--input-size" in args else ["--input-size", "32x64"]
         return [*args, "--device", "cpu", *size]
     if command == "export" and "--input-size" in args:

@@ -20,6 +20,7 @@ VALUES: dict[str, tuple[Any, Any, Any]] = {
     "amp": ("bf16", "fp16", "none"),
     "channels_last": (True, False, True),
     "checkpoint_every": (7, 8, 9),
+    "tgt_val": ("/data/a.yaml", "/data/b", "cityscapes"),
     "iters": (40, 50, 60),
     "batch_size": (4, 6, 10),
     "input_size": ([64, 128], [32, 64], [96, 192]),
@@ -49,9 +50,14 @@ def test_the_gtav_preset_is_the_field_defaults_and_synthia_changes_only_classes_
     synthia = resolve_config("synthia").model_dump(mode="json")
     defaults = TrainConfig().model_dump(mode="json")
     changed = {k for k in defaults if defaults[k] != synthia[k]}
-    assert changed == {"src", "class_set", "source", "prototypes", "proca"}
+    assert changed == {"src", "class_set", "source", "prototypes", "proca", "daformer"}
     assert synthia["source"]["input_size"] == synthia["proca"]["source_size"] == [760, 1280]
     assert {k for k in defaults["proca"] if defaults["proca"][k] != synthia["proca"][k]} == {"source_size"}
+    # DAFormer's SYNTHIA config: the source resize, and the thing classes in SYNTHIA16 train ids
+    assert {k for k in defaults["daformer"] if defaults["daformer"][k] != synthia["daformer"][k]} == {
+        "source_size",
+        "fd_classes",
+    }
 
 
 def test_every_option_key_has_values_here() -> None:

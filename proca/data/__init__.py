@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from proca.data.classes import CITYSCAPES_19, CLASS_SETS, IGNORE_INDEX, SYNTHIA_16, ClassSet, get_class_set
 
 if TYPE_CHECKING:
+    from proca.data.benchmarks import ACDCDataset, BDD100KDataset, DarkZurichDataset, MapillaryVistasDataset
     from proca.data.datasets import (
         CityscapesDataset,
         GTA5Dataset,
@@ -31,12 +32,16 @@ __all__ = [
     "CLASS_SETS",
     "IGNORE_INDEX",
     "SYNTHIA_16",
+    "ACDCDataset",
+    "BDD100KDataset",
     "CityscapesDataset",
     "ClassBalancedSampler",
     "ClassSet",
+    "DarkZurichDataset",
     "GTA5Dataset",
     "ImageFolderDataset",
     "LabelInfo",
+    "MapillaryVistasDataset",
     "PseudoLabelDataset",
     "SegmentationDataset",
     "SynthiaDataset",
@@ -50,6 +55,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ACDCDataset": "proca.data.benchmarks",
+    "BDD100KDataset": "proca.data.benchmarks",
+    "DarkZurichDataset": "proca.data.benchmarks",
+    "MapillaryVistasDataset": "proca.data.benchmarks",
     "CityscapesDataset": "proca.data.datasets",
     "GTA5Dataset": "proca.data.datasets",
     "ImageFolderDataset": "proca.data.datasets",

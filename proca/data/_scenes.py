@@ -19,7 +19,18 @@ import numpy as np
 
 from proca.data.classes import CITYSCAPES_LABELS, SYNTHIA_LABELS
 
-__all__ = ["DOMAINS", "SHIFT_UNIT", "Domain", "render_canvas_rgb", "render_scene", "render_scene_instances"]
+__all__ = [
+    "CLASS_MIX",
+    "CLASS_PERMUTATIONS",
+    "DOMAINS",
+    "MATERIAL_SWAPS",
+    "SHIFT_UNIT",
+    "TEXTURE_SWAPS",
+    "Domain",
+    "render_canvas_rgb",
+    "render_scene",
+    "render_scene_instances",
+]
 
 Domain = Literal["gtav", "synthia", "cityscapes"]
 DOMAINS: tuple[str, ...] = ("gtav", "synthia", "cityscapes")
@@ -173,12 +184,36 @@ _Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
 SHIFT_UNIT = 0.5
 
 
+# The class-conditional shift (``class_shift``, 0 = off, the default; 1 = full): changes of the target that
+# depend on the class, so that matching global statistics (BatchNorm re-estimation) cannot undo them.
+# Measured: docs/synthetic.md and docs/ablation.md.
+CLASS_PERMUTATIONS: dict[str, tuple[int, int, int]] = {
+    "vegetation": (1, 0, 2),  # green foliage -> red-brown (autumn); trunks too
+    "terrain": (2, 1, 0),  # olive grass -> blue-grey
+    "sky": (2, 0, 1),  # hazy blue-white -> pink-white
+    "car": (2, 0, 1),  # tinted bodies and glass take other hues (greys stay grey)
+    "person": (1, 2, 0),  # clothes and skin: other hues
+}
+"""Per-class colour swaps: the target's RGB channels of every pixel of the class, permuted (R, G, B) -> perm."""
+MATERIAL_SWAPS: tuple[tuple[int, int], ...] = ((ROAD, SIDEWALK),)
+"""Materials whose base colours trade places in the target (road takes the paving's colour and vice versa)."""
+TEXTURE_SWAPS: tuple[tuple[int, int], ...] = ((ROAD, FOLIAGE), (FACADE, TERRAIN), (SKY, WALL))
+"""Materials whose texture amplitudes trade places in the target (a smooth road becomes noisy like foliage...)."""
+CLASS_MIX: dict[str, float] = {
+    "cars": 0.4, "trucks": 0.4, "buses": 2.5, "trains": 2.0, "motorcycles": 2.0, "bicycles": 2.0,
+    "persons": 2.0, "poles": 0.6, "lights": 1.5, "signs": 0.6, "trees": 0.4, "terrain_p": 2.0, "wall_p": 2.0,
+    "fence_p": 0.4,
+}  # fmt: skip
+"""Multipliers of the target's expected object counts / probabilities: another class-frequency mix."""
+
+
 def _lerp(a: np.ndarray | float, b: np.ndarray | float, t: float) -> np.ndarray:
     return np.asarray(a, dtype=np.float32) * (1.0 - t) + np.asarray(b, dtype=np.float32) * t
 
 
-def _layout_for(domain: str, shift: float) -> _Layout:
-    """Layout priors: the target's move from the GTA priors towards its own by ``shift`` (0: identical)."""
+def _layout_for(domain: str, shift: float, class_shift: float = 0.0) -> _Layout:
+    """Layout priors: the target's move from the GTA priors towards its own by ``shift`` (0: identical), then
+    its class-frequency mix scaled by :data:`CLASS_MIX` with ``class_shift``."""
     if domain != "cityscapes":
         return _LAYOUTS[domain]
     a, b = _LAYOUTS["gtav"], _LAYOUTS["cityscapes"]
@@ -188,6 +223,10 @@ def _layout_for(domain: str, shift: float) -> _Layout:
         va, vb = getattr(a, fld.name), getattr(b, fld.name)
         mixed = _lerp(np.asarray(va), np.asarray(vb), t)
         kw[fld.name] = tuple(float(x) for x in mixed) if isinstance(va, tuple) else float(mixed)
+    if class_shift > 0:
+        for name, factor in CLASS_MIX.items():
+            value = kw[name] * (1.0 + (factor - 1.0) * class_shift)
+            kw[name] = min(value, 0.95) if name.endswith("_p") else value
     return _Layout(**kw)
 
 
@@ -264,12 +303,16 @@ def _blob(cu: float, cv: float, ru: float, rv: float, rng: np.random.Generator) 
 class _Scene:
     """Builds one scene into a canvas."""
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int], domain: str, shift: float, index: int):
+    def __init__(
+        self, rng: np.random.Generator, size: tuple[int, int], domain: str, shift: float, index: int,
+        class_shift: float = 0.0,
+    ) -> None:  # fmt: skip
         self.rng = rng
         self.h, self.w = size
         self.domain = domain
         self.t = float(np.clip(shift * SHIFT_UNIT, 0.0, 1.0)) if domain == "cityscapes" else 0.0
-        self.lay = _layout_for(domain, shift)
+        self.class_shift = float(class_shift) if domain == "cityscapes" else 0.0
+        self.lay = _layout_for(domain, shift, self.class_shift)
         lay = self.lay
         self.hcam = rng.uniform(*lay.hcam)
         self.yh = self.h * rng.uniform(*lay.horizon)
@@ -279,6 +322,11 @@ class _Scene:
         self.featured = _FEATURED[index % len(_FEATURED)]
         base = _SYN if domain == "synthia" else _SRC
         self.palette = _lerp(base, _TGT, self.t)
+        if self.class_shift > 0:
+            swapped = self.palette.copy()
+            for m1, m2 in MATERIAL_SWAPS:
+                swapped[[m1, m2]] = self.palette[[m2, m1]]
+            self.palette = _lerp(self.palette, swapped, self.class_shift)
         self.canvas = _Canvas(self.h, self.w)
         self.n_inst = 0
         self.ys = np.arange(self.h, dtype=np.float32) + 0.5
@@ -811,15 +859,40 @@ _TEX[[ROAD, SIDEWALK, TERRAIN, FACADE, FOLIAGE, WALL, BACKDROP]] = (0.25, 0.2, 0
 _TEX[[SKY, TRUNK, BODY, CLOTH, FENCE]] = (0.06, 0.2, 0.08, 0.12, 0.15)
 
 
-def render_canvas_rgb(canvas: _Canvas, rng: np.random.Generator, domain: str, shift: float) -> np.ndarray:
+def _texture_table(class_shift: float) -> np.ndarray:
+    """Texture amplitude per material in the camera domain, with :data:`TEXTURE_SWAPS` by ``class_shift``."""
+    if class_shift <= 0:
+        return _TEX
+    swapped = _TEX.copy()
+    for m1, m2 in TEXTURE_SWAPS:
+        swapped[[m1, m2]] = _TEX[[m2, m1]]
+    return _lerp(_TEX, swapped, class_shift)
+
+
+def _recolour_classes(canvas: _Canvas, class_shift: float) -> np.ndarray:
+    """The canvas colours with :data:`CLASS_PERMUTATIONS` applied per class, by ``class_shift``."""
+    img = canvas.color.copy()
+    for name, perm in CLASS_PERMUTATIONS.items():
+        mask = canvas.label == _ID[name]
+        if mask.any():
+            pixels = img[mask]
+            img[mask] = _lerp(pixels, pixels[:, list(perm)], class_shift)
+    return img
+
+
+def render_canvas_rgb(
+    canvas: _Canvas, rng: np.random.Generator, domain: str, shift: float, class_shift: float = 0.0
+) -> np.ndarray:
     """Turn a geometry canvas into an (H, W, 3) uint8 image with the domain's look.
 
     Source domains (``gtav``, ``synthia``): flat shading, a crisp shadow-free world. Target
     (``cityscapes``): textures, cast shadows, exposure/white balance/gamma, haze, blur and sensor
-    noise, each scaled by ``shift``.
+    noise, each scaled by ``shift``; with ``class_shift`` > 0 also the per-class colour swaps
+    (:data:`CLASS_PERMUTATIONS`) and texture swaps (:data:`TEXTURE_SWAPS`).
     """
     h, w = canvas.label.shape
-    img = canvas.color.copy()
+    class_shift = float(class_shift) if domain == "cityscapes" else 0.0
+    img = _recolour_classes(canvas, class_shift) if class_shift > 0 else canvas.color.copy()
     shade = np.abs(canvas.shade)
     t = float(max(shift, 0.0)) * SHIFT_UNIT if domain == "cityscapes" else 0.0
     if domain != "cityscapes":
@@ -829,7 +902,7 @@ def render_canvas_rgb(canvas: _Canvas, rng: np.random.Generator, domain: str, sh
         return np.clip(img * shade[..., None] * 255.0 + 0.5, 0, 255).astype(np.uint8)
     tt = min(t, 1.0)
     # Texture: multi-scale multiplicative noise whose amplitude depends on the material.
-    amp = _TEX[canvas.mat] * t
+    amp = _texture_table(class_shift)[canvas.mat] * t
     scale = w / 512.0
     noise = 0.6 * _smooth_noise(rng, h, w, 12 * scale) + 0.4 * _smooth_noise(rng, h, w, 2.5 * scale)
     img *= (1.0 + amp * noise)[..., None]
@@ -884,6 +957,7 @@ def render_scene(
     *,
     shift: float = 1.0,
     index: int = 0,
+    class_shift: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene in memory.
 
@@ -897,6 +971,10 @@ def render_scene(
         index: image index; image ``index`` always contains the rare item ``index % 9`` of
             (train, bus, truck, motorcycle, bicycle, wall, fence, traffic light, traffic sign), so
             every split of 9 or more images has all classes.
+        class_shift: strength (0 to 1) of the target's class-conditional shift: per-class colour swaps
+            (:data:`CLASS_PERMUTATIONS`, :data:`MATERIAL_SWAPS`), texture swaps (:data:`TEXTURE_SWAPS`) and
+            another class-frequency mix (:data:`CLASS_MIX`); 0, the default, draws the scenes of
+            ``shift`` alone, unchanged; ignored for source domains.
 
     Returns:
         ``(rgb, labels)``: rgb uint8; labels uint8 Cityscapes label ids for ``gtav``/``cityscapes``
@@ -905,7 +983,7 @@ def render_scene(
     Shape:
         rgb (H, W, 3), labels (H, W).
     """
-    rgb, labels, _ = render_scene_instances(rng, size, domain, shift=shift, index=index)
+    rgb, labels, _ = render_scene_instances(rng, size, domain, shift=shift, index=index, class_shift=class_shift)
     return rgb, labels
 
 
@@ -916,6 +994,7 @@ def render_scene_instances(
     *,
     shift: float = 1.0,
     index: int = 0,
+    class_shift: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`render_scene` plus the instance ids (uint16, 0 for stuff, 1.. per drawn object).
 
@@ -927,9 +1006,11 @@ def render_scene_instances(
     h, w = int(size[0]), int(size[1])
     if h < 16 or w < 16:
         raise ValueError(f"size {size!r} is too small; use at least 16x16")
-    scene = _Scene(rng, (h, w), domain, shift, index)
+    if not 0.0 <= class_shift <= 1.0:
+        raise ValueError(f"class_shift={class_shift} is outside [0, 1]; 0 = off (the default), 1 = full")
+    scene = _Scene(rng, (h, w), domain, shift, index, class_shift)
     canvas = scene.build()
-    rgb = render_canvas_rgb(canvas, rng, domain, shift)
+    rgb = render_canvas_rgb(canvas, rng, domain, shift, class_shift)
     labels: np.ndarray = canvas.label
     if domain == "synthia":
         labels = _SYNTHIA_LUT[canvas.label]

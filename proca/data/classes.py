@@ -20,6 +20,7 @@ __all__ = [
     "IGNORE_INDEX",
     "SYNTHIA_16",
     "SYNTHIA_LABELS",
+    "VISTAS_LABELS",
     "ClassSet",
     "LabelRow",
     "RawLabelSpace",
@@ -28,7 +29,9 @@ __all__ = [
 
 IGNORE_INDEX = 255
 
-RawLabelSpace = Literal["cityscapes", "gtav", "synthia"]
+RawLabelSpace = Literal["cityscapes", "gtav", "synthia", "cityscapes_trainid", "vistas"]
+"""Label spaces of the files on disk: Cityscapes label ids (Cityscapes, GTA5, ACDC, Dark Zurich), SYNTHIA ids,
+the 19 Cityscapes train ids (BDD100K) and the 66 Mapillary Vistas v1.2 class ids."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,80 @@ SYNTHIA_LABELS: tuple[tuple[str, int, str | None], ...] = (
     ("lanemarking", 22, None),
 )
 
+# Mapillary Vistas v1.2 (the research edition's config.json): the 66 classes in id order (the index in the
+# palette label PNGs), their colour, and the Cityscapes class each one is trained and evaluated as
+# (None: ignored, 255). The mapping follows the Cityscapes class definitions: road markings, manholes and
+# potholes are part of the road; curbs, curb cuts and pedestrian areas part of the sidewalk; sand and
+# mountains terrain; street lights and sign frames poles; only the front of a traffic sign is a sign.
+VISTAS_LABELS: tuple[tuple[str, tuple[int, int, int], str | None], ...] = (
+    ("animal--bird", (165, 42, 42), None),
+    ("animal--ground-animal", (0, 192, 0), None),
+    ("construction--barrier--curb", (196, 196, 196), "sidewalk"),
+    ("construction--barrier--fence", (190, 153, 153), "fence"),
+    ("construction--barrier--guard-rail", (180, 165, 180), None),
+    ("construction--barrier--other-barrier", (90, 120, 150), None),
+    ("construction--barrier--wall", (102, 102, 156), "wall"),
+    ("construction--flat--bike-lane", (128, 64, 255), "road"),
+    ("construction--flat--crosswalk-plain", (140, 140, 200), "road"),
+    ("construction--flat--curb-cut", (170, 170, 170), "sidewalk"),
+    ("construction--flat--parking", (250, 170, 160), None),
+    ("construction--flat--pedestrian-area", (96, 96, 96), "sidewalk"),
+    ("construction--flat--rail-track", (230, 150, 140), None),
+    ("construction--flat--road", (128, 64, 128), "road"),
+    ("construction--flat--service-lane", (110, 110, 110), "road"),
+    ("construction--flat--sidewalk", (244, 35, 232), "sidewalk"),
+    ("construction--structure--bridge", (150, 100, 100), None),
+    ("construction--structure--building", (70, 70, 70), "building"),
+    ("construction--structure--tunnel", (150, 120, 90), None),
+    ("human--person", (220, 20, 60), "person"),
+    ("human--rider--bicyclist", (255, 0, 0), "rider"),
+    ("human--rider--motorcyclist", (255, 0, 100), "rider"),
+    ("human--rider--other-rider", (255, 0, 200), "rider"),
+    ("marking--crosswalk-zebra", (200, 128, 128), "road"),
+    ("marking--general", (255, 255, 255), "road"),
+    ("nature--mountain", (64, 170, 64), "terrain"),
+    ("nature--sand", (230, 160, 50), "terrain"),
+    ("nature--sky", (70, 130, 180), "sky"),
+    ("nature--snow", (190, 255, 255), None),
+    ("nature--terrain", (152, 251, 152), "terrain"),
+    ("nature--vegetation", (107, 142, 35), "vegetation"),
+    ("nature--water", (0, 170, 30), None),
+    ("object--banner", (255, 255, 128), None),
+    ("object--bench", (250, 0, 30), None),
+    ("object--bike-rack", (100, 140, 180), None),
+    ("object--billboard", (220, 220, 220), None),
+    ("object--catch-basin", (220, 128, 128), None),
+    ("object--cctv-camera", (222, 40, 40), None),
+    ("object--fire-hydrant", (100, 170, 30), None),
+    ("object--junction-box", (40, 40, 40), None),
+    ("object--mailbox", (33, 33, 33), None),
+    ("object--manhole", (100, 128, 160), "road"),
+    ("object--phone-booth", (142, 0, 0), None),
+    ("object--pothole", (70, 100, 150), "road"),
+    ("object--street-light", (210, 170, 100), "pole"),
+    ("object--support--pole", (153, 153, 153), "pole"),
+    ("object--support--traffic-sign-frame", (128, 128, 128), "pole"),
+    ("object--support--utility-pole", (0, 0, 80), "pole"),
+    ("object--traffic-light", (250, 170, 30), "traffic light"),
+    ("object--traffic-sign--back", (192, 192, 192), None),
+    ("object--traffic-sign--front", (220, 220, 0), "traffic sign"),
+    ("object--trash-can", (140, 140, 20), None),
+    ("object--vehicle--bicycle", (119, 11, 32), "bicycle"),
+    ("object--vehicle--boat", (150, 0, 255), None),
+    ("object--vehicle--bus", (0, 60, 100), "bus"),
+    ("object--vehicle--car", (0, 0, 142), "car"),
+    ("object--vehicle--caravan", (0, 0, 90), None),
+    ("object--vehicle--motorcycle", (0, 0, 230), "motorcycle"),
+    ("object--vehicle--on-rails", (0, 80, 100), "train"),
+    ("object--vehicle--other-vehicle", (128, 64, 64), None),
+    ("object--vehicle--trailer", (0, 0, 110), None),
+    ("object--vehicle--truck", (0, 0, 70), "truck"),
+    ("object--vehicle--wheeled-slow", (0, 0, 192), None),
+    ("void--car-mount", (32, 32, 32), None),
+    ("void--ego-vehicle", (120, 10, 10), None),
+    ("void--unlabeled", (0, 0, 0), None),
+)
+
 _CITYSCAPES_BY_NAME = {row.name: row for row in CITYSCAPES_LABELS}
 
 
@@ -161,8 +238,10 @@ class ClassSet:
         """Lookup table from raw label ids of a dataset to this set's train ids.
 
         Args:
-            raw: ``"cityscapes"`` or ``"gtav"`` (Cityscapes label ids, 256 entries) or
-                ``"synthia"`` (SYNTHIA ids, 65536 entries so any 16-bit value indexes it).
+            raw: ``"cityscapes"`` or ``"gtav"`` (Cityscapes label ids, 256 entries),
+                ``"synthia"`` (SYNTHIA ids, 65536 entries so any 16-bit value indexes it),
+                ``"cityscapes_trainid"`` (the 19 Cityscapes train ids, as BDD100K stores them) or
+                ``"vistas"`` (Mapillary Vistas v1.2 class ids, see :data:`VISTAS_LABELS`).
 
         Returns:
             uint8 array: ``lut[raw_id]`` is the train id, 255 for ignored ids.
@@ -180,7 +259,21 @@ class ClassSet:
                 if target is not None and target in index:
                     lut[raw_id] = index[target]
             return lut
-        raise ValueError(f"unknown raw label space {raw!r}; valid: cityscapes, gtav, synthia")
+        if raw == "cityscapes_trainid":
+            lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+            for name, train_id in zip(CITYSCAPES_19.classes, range(19), strict=True):
+                if name in index:
+                    lut[train_id] = index[name]
+            return lut
+        if raw == "vistas":
+            lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+            for vistas_id, (_, _, target) in enumerate(VISTAS_LABELS):
+                if target is not None and target in index:
+                    lut[vistas_id] = index[target]
+            return lut
+        raise ValueError(
+            f"unknown raw label space {raw!r}; valid: cityscapes, gtav, synthia, cityscapes_trainid, vistas"
+        )
 
     def subset(self, name: str) -> tuple[int, ...]:
         """Train ids of a named subset (for example ``"13"`` of SYNTHIA16)."""

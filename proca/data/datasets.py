@@ -55,7 +55,7 @@ PSEUDO_LAYOUT = (
     "LABEL_DIR/<city>/<city>_<seq>_<frame>.png (proca) or LABEL_DIR/<city>_<seq>_<frame>_leftImg8bit.png "
     "(the release), single-channel or palette PNGs of train ids"
 )
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -254,7 +254,7 @@ def _select(files: Sequence[str] | None, list_file: str | os.PathLike[str] | Non
         return read_list_file(list_file)
     names = _list_images(image_dir)
     if not names:
-        raise DataError(f"image folder {image_dir} holds no .png/.jpg files")
+        raise DataError(f"image folder {image_dir} holds no .png/.jpg/.webp files")
     return names
 
 
@@ -431,19 +431,32 @@ class ImageFolderDataset(SegmentationDataset):
     Args:
         inputs: image files, folders or glob patterns (``"shots/*.jpg"``).
         transform: callable on the sample dict.
+        exclude: folders whose images a folder or glob input skips (``proca infer`` passes its ``--out``, so
+            predictions written inside an input folder are not read back as photos on the next run).
+            A file named directly is always read.
     """
 
-    def __init__(self, inputs: Sequence[str | os.PathLike[str]], *, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        *,
+        transform: Transform | None = None,
+        exclude: Sequence[str | os.PathLike[str]] = (),
+    ) -> None:
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        skipped = [Path(e).resolve() for e in exclude]
         paths: list[Path] = []
         names: list[str] = []
         seen_paths: set[Path] = set()
         seen_names: set[str] = set()
         for item in inputs:
+            named = Path(item).is_file()
             for path, name in _expand_input(item):
                 resolved = path.resolve()
                 if resolved in seen_paths:
+                    continue
+                if not named and any(resolved.is_relative_to(folder) for folder in skipped):
                     continue
                 seen_paths.add(resolved)
                 unique, k = name, 1
@@ -454,7 +467,9 @@ class ImageFolderDataset(SegmentationDataset):
                 paths.append(path)
                 names.append(unique)
         if not paths:
-            raise DataError(f"no images found in {', '.join(map(str, inputs)) or 'the inputs'}; give .png/.jpg files")
+            raise DataError(
+                f"no images found in {', '.join(map(str, inputs)) or 'the inputs'}; give .png/.jpg/.jpeg/.webp files"
+            )
         super().__init__(
             names, paths, None, decoder=None, class_set=None, transform=transform, files=[str(p) for p in paths]
         )
@@ -465,18 +480,18 @@ def _expand_input(item: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     path = Path(text)
     if path.is_file():
         if not path.name.lower().endswith(IMAGE_EXTENSIONS):
-            raise DataError(f"{path} is not a .png/.jpg/.jpeg image")
+            raise DataError(f"{path} is not a .png/.jpg/.jpeg/.webp image")
         return [(path, path.stem)]
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS))
         if not found:
-            raise DataError(f"folder {path} holds no .png/.jpg/.jpeg images")
+            raise DataError(f"folder {path} holds no .png/.jpg/.jpeg/.webp images")
         return [(p, p.relative_to(path).with_suffix("").as_posix()) for p in found]
     if glob.has_magic(text):
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
         found = [p for p in matches if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
         if not found:
-            raise DataError(f"the pattern {text!r} matches no .png/.jpg/.jpeg images")
+            raise DataError(f"the pattern {text!r} matches no .png/.jpg/.jpeg/.webp images")
         base = Path(text.split("*")[0].split("?")[0].split("[")[0])
         base = base if text.endswith(os.sep) or base.is_dir() else base.parent
         out = []

@@ -61,7 +61,7 @@ class SyntheticSummary:
         gtav, synthia, cityscapes: the three dataset roots (pass them to the readers).
         counts: number of images per ``"<dataset>/<split>"``.
         seconds: wall time of the whole write.
-        seed, size, shift: the generation settings.
+        seed, size, shift, class_shift: the generation settings.
     """
 
     root: Path
@@ -73,6 +73,7 @@ class SyntheticSummary:
     seed: int = 0
     size: tuple[int, int] = (256, 512)
     shift: float = 1.0
+    class_shift: float = 0.0
 
 
 def scene_rng(seed: int, domain: str, split: str, index: int) -> np.random.Generator:
@@ -127,6 +128,7 @@ def write_synthetic_datasets(
     force: bool = False,
     progress: bool = True,
     shift: float = 1.0,
+    class_shift: float = 0.0,
 ) -> SyntheticSummary:
     """Write synthetic GTA5-, SYNTHIA- and Cityscapes-format datasets under ``out``.
 
@@ -140,6 +142,9 @@ def write_synthetic_datasets(
         progress: show a rich progress bar.
         shift: strength of the source -> target shift (0: the target looks like the GTA source;
             1.0, the default: the measured shift of docs/synthetic.md).
+        class_shift: strength (0 to 1) of the target's class-conditional shift on top of ``shift``: per-class
+            colour and texture swaps and another class-frequency mix (docs/synthetic.md); 0, the default,
+            writes the scenes of ``shift`` alone, byte for byte as before.
 
     Returns:
         A :class:`SyntheticSummary` with the dataset roots, counts and seconds.
@@ -156,6 +161,8 @@ def write_synthetic_datasets(
         raise DataError(f"num_train={num_train} and num_val={num_val} must both be at least 1")
     if not 0.0 <= shift <= 3.0:
         raise DataError(f"shift={shift} is outside [0, 3]; 0 = no shift, 1 = the documented default")
+    if not 0.0 <= class_shift <= 1.0:
+        raise DataError(f"class_shift={class_shift} is outside [0, 1]; 0 = off (the default), 1 = full")
     _check_out(out, force)
     start = time.perf_counter()
     gtav, synthia, cityscapes = out / "gtav", out / "synthia" / "RAND_CITYSCAPES", out / "cityscapes"
@@ -171,7 +178,7 @@ def write_synthetic_datasets(
 
     def write_one(domain: str, split: str, i: int) -> None:
         rgb, labels, inst = render_scene_instances(
-            scene_rng(seed, domain, split, i), (h, w), domain, shift=shift, index=i
+            scene_rng(seed, domain, split, i), (h, w), domain, shift=shift, index=i, class_shift=class_shift
         )
         if domain == "gtav":
             name = f"{i + 1:05d}.png"  # GTA5 numbers its frames from 00001
@@ -236,6 +243,7 @@ def write_synthetic_datasets(
             "seed": seed,
             "size": [h, w],
             "shift": shift,
+            "class_shift": class_shift,
             "counts": counts,
             "domains": list(DOMAINS),
         },
@@ -244,7 +252,9 @@ def write_synthetic_datasets(
         from rich.console import Console
 
         Console(highlight=False).print(
-            f"wrote {len(jobs)} synthetic images ({h}x{w}, seed {seed}, shift {shift}) to {out} in {seconds:.1f} s: "
+            f"wrote {len(jobs)} synthetic images ({h}x{w}, seed {seed}, shift {shift}"
+            + (f", class shift {class_shift}" if class_shift else "")
+            + f") to {out} in {seconds:.1f} s: "
             f"gtav {num_train}, synthia {num_train}, cityscapes train {num_train} / val {num_val}"
         )
     return SyntheticSummary(
@@ -257,4 +267,5 @@ def write_synthetic_datasets(
         seed=seed,
         size=(h, w),
         shift=shift,
+        class_shift=class_shift,
     )

@@ -3,14 +3,14 @@
 :func:`predict` does what ``proca infer`` does for one photo: the photo is resized (bicubic) to the
 network input (by default the checkpoint's evaluation pixel count at the photo's aspect ratio, see
 :func:`~proca.engine.predict.aspect_input_size`), normalised, predicted with
-:func:`~proca.engine.predict.predict_probs` at the photo's own size, and the argmax returned.
+:func:`~proca.engine.predict.predict_ids` at the photo's own size (the argmax of
+:func:`~proca.engine.predict.predict_probs`, with bounded memory for huge photos).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,22 +27,13 @@ DEFAULT_REFERENCE = (512, 1024)
 
 
 def _photo(image: Any) -> np.ndarray:
-    """An image path, PIL image or (H, W, 3) uint8 RGB array as an (H, W, 3) uint8 array."""
-    if isinstance(image, (str, os.PathLike)):
-        from proca.data._decode import read_rgb
+    """An image path, PIL image or array as an (H, W, 3) uint8 RGB array, read as ``proca infer`` reads files.
 
-        return read_rgb(Path(image)).permute(1, 2, 0).contiguous().numpy()
-    from PIL import Image
+    See :func:`proca.data._decode.image_to_rgb8`: any mode, 8 or 16 bits, EXIF orientation applied.
+    """
+    from proca.data._decode import image_to_rgb8
 
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise DataError(f"an image array must be (H, W, 3) uint8 RGB; got shape {image.shape} dtype {image.dtype}")
-        return image
-    raise DataError(
-        f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or an (H, W, 3) uint8 array"
-    )
+    return image_to_rgb8(image).permute(1, 2, 0).contiguous().numpy()
 
 
 def _class_set(value: str | ClassSet) -> ClassSet:
@@ -95,11 +86,14 @@ def predict(
             with the safe loader; pass the loaded model instead to predict many photos), or a proca
             network with ``num_classes`` 19 (cityscapes19) or 16 (synthia16). A model is run in eval
             mode (its mode is restored afterwards) where its parameters are; it must be on ``device``.
-        image: a path (str or Path), a PIL image, or an (H, W, 3) uint8 RGB numpy array.
-        scales: test scales, e.g. ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``.
+        image: a path (str or Path; PNG, JPEG or WebP), a PIL image (any mode), or an (H, W, 3) RGB or
+            (H, W) grayscale numpy array, uint8 or uint16 (16-bit values are scaled to 8 bits).
+        scales: test scales, e.g. ``(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``; each finite, in
+            :data:`proca.config.SCALE_RANGE`.
         flip: also average the horizontally flipped prediction.
-        input_size: (h, w) network input; default: the checkpoint's ``eval_input_size`` pixel count
-            (512x1024 for a model object) at the photo's aspect ratio.
+        input_size: (h, w) network input, sides in :data:`proca.config.SIZE_RANGE`; default: the
+            checkpoint's ``eval_input_size`` pixel count (512x1024 for a model object) at the photo's aspect
+            ratio. Inputs over :data:`proca.config.TILE_PIXEL_LIMIT` pixels are predicted in tiles.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
 
     Returns:
@@ -111,16 +105,22 @@ def predict(
     Raises:
         CheckpointError: a missing or unreadable checkpoint.
         DataError: an unreadable image.
-        ConfigError: a model with another class count, or on another device than ``device``.
+        ConfigError: a model with another class count, or on another device than ``device``; scales or an
+            input size out of range.
     """
     from torchvision import tv_tensors
 
+    from proca.config import check_scales, check_size
+    from proca.data._decode import image_to_rgb8
     from proca.data.transforms import test_transform
     from proca.engine.device import resolve_device
-    from proca.engine.predict import aspect_input_size, load_for_inference, predict_probs
+    from proca.engine.predict import aspect_input_size, eval_input_size, load_for_inference, predict_ids
 
+    scales = check_scales(scales, "scales")
+    if input_size is not None:
+        input_size = check_size(input_size, "input_size")
     dev = resolve_device(device)
-    photo = _photo(image)
+    rgb = image_to_rgb8(image)  # (3, H, W) uint8, no copy kept: a huge photo is held once
     if isinstance(checkpoint_or_model, nn.Module):
         model = checkpoint_or_model
         _model_class_set(model)
@@ -130,19 +130,18 @@ def predict(
         reference = DEFAULT_REFERENCE
     else:
         model, _, meta = load_for_inference(checkpoint_or_model, dev)
-        size = meta.get("eval_input_size") or DEFAULT_REFERENCE
-        reference = (int(size[0]), int(size[1]))
-    h, w = photo.shape[:2]
+        reference = eval_input_size(meta, checkpoint_or_model) if input_size is None else input_size
+    h, w = int(rgb.shape[-2]), int(rgb.shape[-1])
     size = (int(input_size[0]), int(input_size[1])) if input_size is not None else aspect_input_size((h, w), reference)
-    pixels = tv_tensors.Image(torch.from_numpy(np.array(photo, dtype=np.uint8)).permute(2, 0, 1))
+    pixels = tv_tensors.Image(rgb)
     x = test_transform(size)(pixels).as_subclass(torch.Tensor).float()
     was_training = model.training
     model.eval()
     try:
-        probs = predict_probs(model, x[None].to(dev), out_size=(h, w), scales=scales, flip=flip)
+        ids = predict_ids(model, x[None].to(dev), out_size=(h, w), scales=scales, flip=flip)
     finally:
         model.train(was_training)
-    return probs[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+    return ids[0].cpu().numpy()
 
 
 def colorize(ids: np.ndarray, class_set: str | ClassSet = "cityscapes19") -> np.ndarray:

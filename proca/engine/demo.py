@@ -153,6 +153,7 @@ def _run_clock(cfg: Any, settings: dict[str, Any], start: float, console: Any) -
 
     images = {"source": settings["num_train"], "target_train": settings["num_train"], "val": settings["num_val"]}
     tail = 3 * min(int(settings["examples"]), int(settings["num_val"]))  # three models per example strip
+    tail += settings["num_train"] + settings["num_val"]  # the AdaBN row: statistics on the target, one validation
     return RunClock(budgets_for(cfg, STAGES, images), start=start, tail_images=tail, say=console.print)
 
 
@@ -240,9 +241,21 @@ def _print_results(console: Any, results: dict[str, dict[str, Any]], seed: int, 
     table.add_column("stage")
     table.add_column("mIoU", justify="right")
     table.add_column("seconds", justify="right")
-    for label, key in (("source only", "source"), ("ProCA", "proca"), ("self-training (final)", "ssl")):
+    rows = (("source only", "source"), ("AdaBN (source, target BatchNorm statistics)", "adabn"), ("ProCA", "proca"),
+            ("self-training (final)", "ssl"))  # fmt: skip
+    for label, key in rows:
         table.add_row(label, f"{results[key]['miou']:.2f}", f"{results[key]['seconds']:.0f}")
     console.print(table)
+
+
+def _adabn_row(source: Path, data: Path, cfg: Any) -> dict[str, Any]:
+    """The AdaBN baseline of the demo's source model (BatchNorm statistics re-estimated on the target train
+    images, no training): how much of the gain is statistics."""
+    from proca.engine.adabn import evaluate_adabn
+
+    start = time.perf_counter()
+    miou = evaluate_adabn(source, data, target_size=tuple(cfg.proca.target_size), eval_size=tuple(cfg.eval.input_size))
+    return {"miou": miou, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def run_demo(
@@ -259,9 +272,9 @@ def run_demo(
     Args:
         out: folder for ``data/`` (the scenes), ``run/`` (the recipe's run folder) and ``examples/``.
         seed: seed of the scenes and of the training.
-        json_path: where to write ``source_only_miou``, ``proca_miou``, ``final_miou``, ``seconds``; with a
-            finished demo of the same budget already in ``out`` (and no ``force``), its results are written
-            there without retraining.
+        json_path: where to write ``source_only_miou``, ``adabn_miou``, ``proca_miou``, ``final_miou``,
+            ``seconds``; with a finished demo of the same budget already in ``out`` (and no ``force``), its
+            results are written there without retraining.
         force: start over in an existing ``out``.
         threads: torch threads for the run (None: ``DEMO_SETTINGS["threads"]``, else torch's default).
         quick: the same pipeline at the smaller budget of :data:`QUICK_SETTINGS` and :data:`QUICK_OVERRIDES`.
@@ -281,10 +294,13 @@ def run_demo(
     out = Path(out)
     if json_path is not None and Path(json_path).is_dir():
         raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
+    if json_path is not None and Path(json_path).exists() and not force:
+        raise OutputError(
+            f"--json {json_path} exists; choose another path, or pass --force to overwrite it (--force also runs "
+            "the demo again)"
+        )
     earlier = _finished_summary(out, quick) if json_path is not None and not force else None
-    if (
-        json_path is not None and earlier is not None
-    ):  # the results of the demo already in ``out``: no need to train again
+    if json_path is not None and earlier is not None:  # the demo in ``out`` is finished: no need to train again
         atomic_write_json(json_path, earlier)
         console.print(f"wrote the results of the demo in {out} to {json_path} (nothing retrained; --force reruns)")
         return earlier
@@ -325,6 +341,7 @@ def run_demo(
                 cfg, run_dir=out / "run", data_root=data, stages=STAGES, dist=DistInfo(), progress=True, clock=clock
             )
         examples = _save_examples(out / "run", data, out / "examples", cfg, int(settings["examples"]))
+        results["adabn"] = _adabn_row(out / "run" / "source.safetensors", data, cfg)
     finally:
         torch.set_num_threads(previous_threads)
     seconds = round(time.perf_counter() - start, 1)
@@ -332,6 +349,7 @@ def run_demo(
         "source_only_miou": results["source"]["miou"],
         "proca_miou": results["proca"]["miou"],
         "final_miou": results["ssl"]["miou"],
+        "adabn_miou": results["adabn"]["miou"],
         "seconds": seconds,
         "seed": seed,
         "quick": quick,

@@ -20,7 +20,7 @@ from proca.data.classes import ClassSet
 from proca.engine.device import cap_workers, resolve_device
 from proca.engine.loop import Batch, PreparedDataset, default_num_workers, iterate_batches
 from proca.engine.metrics import ConfusionMatrix, all_reduce_sum
-from proca.engine.predict import predict_probs
+from proca.engine.predict import predict_ids
 from proca.engine.progress import ProgressBar
 from proca.engine.results import EvalResult
 from proca.errors import ConfigError, DataError
@@ -98,9 +98,7 @@ def evaluate(
                 if batch.labels is None:
                     raise DataError(f"{batch.paths[0] or batch.names[0]}: no ground truth; evaluation needs labels.")
                 images = batch.images.to(dev, non_blocking=True)
-                probs = predict_probs(model, images, out_size=batch.out_size, scales=scales, flip=flip)
-                pred = probs.argmax(dim=1)
-                del probs
+                pred = predict_ids(model, images, out_size=batch.out_size, scales=scales, flip=flip)
                 cm.update(pred, batch.labels.to(dev, non_blocking=True))
                 seen += len(batch.names)
                 if on_batch is not None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from proca.errors import ConfigError, OutputError
+from proca.errors import ConfigError
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -173,20 +173,14 @@ def require_onnx() -> None:
 def check_output_path(path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Refuse an output that exists (without ``force``), is a folder, or lies where nothing can be written.
 
+    The policy of every command: :func:`proca.io.check_new_file`.
+
     Raises:
         OutputError: naming the path and what to do.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise OutputError(f"cannot write {target}: it is a folder; give a file path")
-    if target.exists() and not force:
-        raise OutputError(f"{target} exists; pass --force to overwrite it")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {target}: {parent} is not a writable folder")
-    return target
+    from proca.io import check_new_file
+
+    return check_new_file(path, force=force)
 
 
 @contextlib.contextmanager

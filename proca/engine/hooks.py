@@ -19,7 +19,7 @@ from proca.engine.launch import all_reduce_mean, any_flag, barrier
 from proca.engine.schedule import LRSchedule, set_lr
 from proca.engine.setup import CHECKPOINT_FILES, wants_release_checkpoint
 from proca.engine.trainer import Hook, Trainer
-from proca.errors import CheckpointError, ProcaError
+from proca.errors import CheckpointError, ConfigError, ProcaError
 
 __all__ = [
     "CheckpointHook",
@@ -135,16 +135,19 @@ class LoggingHook(Hook):
 
 
 def validate(ctx: RunContext, model: nn.Module, *, progress: bool | None = None) -> dict[str, Any]:
-    """Validate ``model`` on the target val split (every process evaluates its share; metrics all-reduced).
+    """Validate ``model`` on the run's labelled target data (every process evaluates its share; metrics
+    all-reduced): ``tgt_val`` when given, else the target's own labels (Cityscapes val, a labelled card).
 
     Returns:
         ``{"miou": percent, "per_class": {...}}`` (plus ``miou13`` for SYNTHIA classes).
     """
-    from proca.data.datasets import CityscapesDataset
+    from proca.data.targets import target_val_dataset
     from proca.engine.evaluate import evaluate
 
     cfg = ctx.cfg
-    dataset: Any = CityscapesDataset(ctx.data_root / "cityscapes", split="val", class_set=ctx.class_set)
+    dataset: Any = target_val_dataset(cfg.tgt, cfg.tgt_val, ctx.data_root, class_set=ctx.class_set)
+    if dataset is None:
+        raise ConfigError(f"--tgt {cfg.tgt} has no labels to validate on; give --tgt-val DIR (labelled data).")
     if cfg.eval.max_images is not None and cfg.eval.max_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(cfg.eval.max_images))
     result = evaluate(
@@ -197,10 +200,11 @@ class EvalHook(Hook):
     def after_step(self, trainer: Trainer) -> None:
         ctx, stage, done = trainer.ctx, trainer.stage, trainer.iteration
         every = stage.section.eval_every
-        if not (done == trainer.total or (every and done % every == 0)):
+        if not ctx.validates or not (done == trainer.total or (every and done % every == 0)):
             return
-        model = stage.sc.model
+        model = stage.kept_model()
         trainer.last_metrics = validate(ctx, model, progress=False)
+        trainer.last_metrics.update(stage.extra_metrics())
         trainer.logger.log_eval(done, {k: v for k, v in trainer.last_metrics.items() if k != "per_class"})
         best = trainer.best_miou is None or trainer.last_metrics["miou"] > trainer.best_miou
         if best:
@@ -295,7 +299,13 @@ class CheckpointHook(Hook):
         if ctx.is_main:
             path = ctx.path(f"{stage.name}.safetensors")
             save_model_file(
-                ctx, stage.sc.model, path, stage.name, trainer.total, trainer.last_metrics, stage.checkpoint_tensors()
+                ctx,
+                stage.kept_model(),
+                path,
+                stage.name,
+                trainer.total,
+                trainer.last_metrics,
+                stage.checkpoint_tensors(),
             )
             state_path(trainer).unlink(missing_ok=True)
         barrier()

@@ -27,13 +27,9 @@ def _plain(t: Tensor) -> Tensor:
 
 
 def _header_size(path: str) -> tuple[int, int] | None:
-    from PIL import Image
+    from proca.data._decode import image_header_size
 
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError):
-        return None
+    return image_header_size(path)
 
 
 class PreparedDataset(Dataset):

@@ -6,6 +6,15 @@ For every scale ``s`` the (already resized) input of size (h, w) is resized agai
 upsampled (bilinear, ``align_corners=True``) to the output size, and turned into probabilities with a
 softmax; with ``flip`` the horizontally flipped input is handled the same way and flipped back. The
 probabilities of all passes are averaged.
+
+Memory stays bounded for huge photos and inputs (see docs/performance.md):
+
+- a network pass on more than :data:`proca.config.TILE_PIXEL_LIMIT` input pixels runs in overlapping
+  :data:`proca.config.TILE_SIZE` windows whose logits are averaged (:func:`tiled_logits`); a scaled input
+  over :data:`proca.config.SIZE_RANGE`'s largest side is refused;
+- :func:`predict_ids` (used by ``proca eval``, ``proca infer`` and :func:`proca.predict`) returns the argmax
+  directly and, for outputs over :data:`PROBS_PIXEL_LIMIT` pixels, upsamples, averages and takes the argmax
+  a band of rows at a time, so the full-resolution (C, H, W) probabilities are never held.
 """
 
 from __future__ import annotations
@@ -19,10 +28,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from proca.config import SIZE_RANGE, TILE_PIXEL_LIMIT, TILE_SIZE, check_scales, check_size
 from proca.data.classes import CLASS_SETS, ClassSet, get_class_set
-from proca.errors import CheckpointError
+from proca.errors import CheckpointError, ConfigError
 
-__all__ = ["aspect_input_size", "check_eval_size", "load_for_inference", "predict_probs", "resize_images"]
+__all__ = [
+    "PROBS_PIXEL_LIMIT",
+    "aspect_input_size",
+    "check_eval_size",
+    "eval_input_size",
+    "load_for_inference",
+    "predict_ids",
+    "predict_probs",
+    "resize_images",
+    "tiled_logits",
+]
+
+#: Outputs with more pixels than this are upsampled and reduced to ids a band of rows at a time.
+PROBS_PIXEL_LIMIT = 2048 * 2048
+#: Rows per band of the banded argmax (a band holds C x rows x W probabilities per pass).
+_BAND_PIXELS = 1 << 19
+#: Tile strides are multiples of this, so every network's output grid lines up across windows.
+_TILE_ALIGN = 32
 
 
 def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -56,17 +83,97 @@ def aspect_input_size(image_size: tuple[int, int], reference: tuple[int, int], *
     return (max(multiple, round(new_h / multiple) * multiple), max(multiple, round(new_w / multiple) * multiple))
 
 
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    logits = model(x)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[-1]
+    return logits.float()
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return [*starts, length - window]
+
+
+def tiled_logits(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    pixel_limit: int = TILE_PIXEL_LIMIT,
+    tile: tuple[int, int] = TILE_SIZE,
+) -> Tensor:
+    """The network's logits of ``x``, in overlapping windows when ``x`` has more than ``pixel_limit`` pixels.
+
+    Windows of ``tile`` (H, W) with a stride of about two thirds of a window (a multiple of 32) cover the
+    input; each window's logits are resized to its share of a canvas at the network's output stride and the
+    overlapping logits are averaged. Memory grows with the window, not with the input (the canvas is
+    (C, H/s, W/s) for the network's stride s).
+
+    Shape:
+        x: (B, 3, H, W) -> (B, C, h, w) float32.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h * w <= pixel_limit:
+        return _forward(model, x)
+    th, tw = min(tile[0], h), min(tile[1], w)
+    sh = max(_TILE_ALIGN, (th * 2 // 3) // _TILE_ALIGN * _TILE_ALIGN)
+    sw = max(_TILE_ALIGN, (tw * 2 // 3) // _TILE_ALIGN * _TILE_ALIGN)
+    canvas: Tensor | None = None
+    counts: Tensor | None = None
+    stride = 1.0
+    for y0 in _starts(h, th, sh):
+        for x0 in _starts(w, tw, sw):
+            logits = _forward(model, x[..., y0 : y0 + th, x0 : x0 + tw])
+            if canvas is None:
+                stride = th / logits.shape[-2]
+                size = (max(1, round(h / stride)), max(1, round(w / stride)))
+                canvas = logits.new_zeros((x.shape[0], logits.shape[1], *size))
+                counts = logits.new_zeros(size)
+            assert counts is not None
+            r0, r1 = round(y0 / stride), max(round(y0 / stride) + 1, round((y0 + th) / stride))
+            c0, c1 = round(x0 / stride), max(round(x0 / stride) + 1, round((x0 + tw) / stride))
+            r1, c1 = min(r1, canvas.shape[-2]), min(c1, canvas.shape[-1])
+            if tuple(logits.shape[-2:]) != (r1 - r0, c1 - c0):
+                logits = F.interpolate(logits, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)
+            canvas[..., r0:r1, c0:c1] += logits
+            counts[r0:r1, c0:c1] += 1
+            del logits
+    assert canvas is not None and counts is not None
+    return canvas.div_(counts.clamp_(min=1))
+
+
+def _network_logits(model: nn.Module, x: Tensor, flip: bool) -> Tensor:
+    """Logits of ``x`` (and of its mirror image, flipped back, after them in the batch)."""
+    if not flip:
+        return tiled_logits(model, x)
+    if x.shape[-2] * x.shape[-1] <= TILE_PIXEL_LIMIT:
+        logits = _forward(model, torch.cat([x, x.flip(-1)], dim=0))
+        batch = x.shape[0]
+        return torch.cat([logits[:batch], logits[batch:].flip(-1)], dim=0)
+    return torch.cat([tiled_logits(model, x), tiled_logits(model, x.flip(-1)).flip(-1)], dim=0)
+
+
+def _scaled(images: Tensor, scale: float) -> Tensor:
+    h, w = images.shape[-2:]
+    size = (int(h * scale), int(w * scale))
+    if max(size) > SIZE_RANGE[1] or min(size) < 1:
+        raise ConfigError(
+            f"scale {scale:g} turns the {h}x{w} network input into {size[0]}x{size[1]}; sides must stay within "
+            f"1..{SIZE_RANGE[1]}: give a smaller --input-size or scale"
+        )
+    return images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=True)
+
+
 def _probs(model: nn.Module, x: Tensor, out_size: tuple[int, int], flip: bool) -> Tensor:
     """Softmax of the upsampled logits of ``x`` (and of its mirror image, flipped back, summed)."""
     batch = x.shape[0]
-    inputs = torch.cat([x, x.flip(-1)], dim=0) if flip else x
-    logits = model(inputs)
-    if isinstance(logits, (tuple, list)):
-        logits = logits[-1]
-    logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=True)
+    logits = _network_logits(model, x, flip)
+    logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
     probs = logits.softmax(dim=1)
     if flip:
-        return probs[:batch] + probs[batch:].flip(-1)
+        return probs[:batch] + probs[batch:]
     return probs
 
 
@@ -98,20 +205,93 @@ def predict_probs(
     Shape:
         images: (B, 3, h, w) -> (B, C, H, W).
     """
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {tuple(scales)}")
+    scales = check_scales(scales, "scales")
     out_hw = (int(out_size[0]), int(out_size[1]))
     if input_size is not None:
         images = resize_images(images, (int(input_size[0]), int(input_size[1])))
-    h, w = images.shape[-2:]
     total: Tensor | None = None
     for scale in scales:
-        size = (int(h * scale), int(w * scale))
-        x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=True)
-        probs = _probs(model, x, out_hw, flip)
+        probs = _probs(model, _scaled(images, scale), out_hw, flip)
         total = probs if total is None else total.add_(probs)
     assert total is not None
     return total.div_(len(scales) * (2 if flip else 1))
+
+
+def _check_id_range(num_classes: int) -> None:
+    if num_classes > 256:
+        raise ValueError(f"predict_ids returns uint8 ids; the model predicts {num_classes} classes")
+
+
+def _upsample_matrix(out_len: int, in_len: int, device: torch.device) -> Tensor:
+    """(out_len, in_len) weights of 1-D linear interpolation with ``align_corners=True``."""
+    pos = torch.arange(out_len, dtype=torch.float64)  # built on the CPU: float64 is not on every device
+    pos = pos * ((in_len - 1) / (out_len - 1)) if out_len > 1 else pos.zero_()
+    low = pos.floor().long().clamp_(0, in_len - 1)
+    high = (low + 1).clamp_(max=in_len - 1)
+    frac = (pos - low).float()
+    mat = torch.zeros(out_len, in_len)
+    rows = torch.arange(out_len)
+    mat.index_put_((rows, low), 1 - frac, accumulate=True)
+    mat.index_put_((rows, high), frac, accumulate=True)
+    return mat.to(device)
+
+
+@torch.no_grad()
+def predict_ids(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    out_size: tuple[int, int] | Sequence[int],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    input_size: tuple[int, int] | Sequence[int] | None = None,
+    probs_pixel_limit: int = PROBS_PIXEL_LIMIT,
+) -> Tensor:
+    """The argmax of :func:`predict_probs`, computed with bounded memory for huge outputs.
+
+    Outputs of up to ``probs_pixel_limit`` pixels take the argmax of :func:`predict_probs`; larger ones keep
+    every pass's logits at the network's resolution and upsample (bilinear, ``align_corners=True``, as
+    separable interpolation matrices), softmax, average and reduce a band of output rows at a time.
+
+    Returns:
+        uint8 class ids (a model with more than 256 classes is refused).
+
+    Shape:
+        images: (B, 3, h, w) -> (B, H, W).
+    """
+    out_hw = (int(out_size[0]), int(out_size[1]))
+    if out_hw[0] * out_hw[1] <= probs_pixel_limit:
+        probs = predict_probs(model, images, out_size=out_hw, scales=scales, flip=flip, input_size=input_size)
+        _check_id_range(probs.shape[1])
+        return probs.argmax(dim=1).to(torch.uint8)
+    scales = check_scales(scales, "scales")
+    if input_size is not None:
+        images = resize_images(images, (int(input_size[0]), int(input_size[1])))
+    batch = images.shape[0]
+    passes = [_network_logits(model, _scaled(images, scale), flip) for scale in scales]
+    height, width = out_hw
+    device = passes[0].device
+    rows = [_upsample_matrix(height, p.shape[-2], device) for p in passes]
+    _check_id_range(passes[0].shape[1])
+    band = max(1, _BAND_PIXELS // max(1, width))
+    ids = torch.empty((batch, height, width), dtype=torch.uint8, device=device)
+    for r0 in range(0, height, band):
+        r1 = min(height, r0 + band)
+        total: Tensor | None = None
+        for logits, row_mat in zip(passes, rows, strict=True):
+            # the band's rows by their interpolation weights (only the source rows they use), then the
+            # columns by F.interpolate (rows -> rows is the identity with align_corners=True)
+            weights = row_mat[r0:r1]
+            used = weights.abs().sum(dim=0).nonzero()
+            lo, hi = int(used.min()), int(used.max()) + 1
+            band_rows = torch.matmul(weights[:, lo:hi], logits[..., lo:hi, :])
+            part = F.interpolate(band_rows, size=(r1 - r0, width), mode="bilinear", align_corners=True)
+            part = part.softmax(dim=1)
+            part = part[:batch] + part[batch:] if flip else part
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        ids[:, r0:r1] = total.argmax(dim=1).to(torch.uint8)
+    return ids
 
 
 def load_for_inference(
@@ -156,6 +336,27 @@ def load_for_inference(
     return model, class_set, meta
 
 
+def eval_input_size(meta: dict[str, Any], checkpoint: str | os.PathLike[str]) -> tuple[int, int]:
+    """A checkpoint's ``eval_input_size`` metadata as (H, W), checked (512x1024 when it names none).
+
+    Raises:
+        CheckpointError: sides that are not whole numbers within :data:`proca.config.SIZE_RANGE`; the message
+            names the key and ``--input-size``.
+    """
+    value = meta.get("eval_input_size")
+    if value is None:
+        return (512, 1024)
+    try:
+        return check_size(value if isinstance(value, (list, tuple)) else [], "eval_input_size")
+    except ConfigError:
+        low, high = SIZE_RANGE
+        raise CheckpointError(
+            f"{checkpoint}: metadata eval_input_size {value!r} is not [H, W] with whole sides in {low}..{high}; "
+            "pass --input-size HxW (e.g. --input-size 512x1024; input_size=(H, W) in Python) to choose the "
+            "network input"
+        ) from None
+
+
 def check_eval_size(
     checkpoint: str | os.PathLike[str],
     eval_size: tuple[int, int],
@@ -179,13 +380,12 @@ def check_eval_size(
     """
     if image_path is None:
         return False
-    from PIL import Image
+    from proca.data._decode import image_header_size
 
-    try:
-        with Image.open(image_path) as im:
-            w, h = im.size
-    except OSError:
+    found = image_header_size(image_path)  # refuses a too large image before any work
+    if found is None:
         return False  # the dataset reports unreadable images with the file's name
+    h, w = found
     ratios = (h / eval_size[0], w / eval_size[1])
     if all(1 / max_ratio <= r <= max_ratio for r in ratios):
         return False

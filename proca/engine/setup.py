@@ -69,6 +69,13 @@ def stage_checkpoint(ctx: RunContext, stage: str, choice: str, *, key: str) -> P
     Raises:
         CheckpointError: the file does not exist.
     """
+    if choice == "best" and not ctx.validates:
+        # no labelled target data: no validation, so no best; the stage's last checkpoint stands in
+        path = ctx.path(CHECKPOINT_FILES["last"].format(stage=stage))
+        if path.is_file():
+            ctx.say(f"{key}: best -> last ({path.name}): the target has no labels to pick a best by")
+            return path
+        raise CheckpointError(f"{path} does not exist; run --stage {stage} first.")
     path = ctx.path(CHECKPOINT_FILES[choice].format(stage=stage))
     if path.is_file():
         return path
@@ -120,8 +127,13 @@ def build_stage_model(ctx: RunContext, init: Path | None, *, imagenet: bool = Tr
     return build_model(cfg.arch, num_classes=cfg.num_classes, backbone_weights=weights, norm=cfg.norm)
 
 
-def prepare_for_training(ctx: RunContext, model: nn.Module, head: nn.Module | None = None) -> nn.Module:
+def prepare_for_training(
+    ctx: RunContext, model: nn.Module, head: nn.Module | None = None, *, forward: nn.Module | None = None
+) -> nn.Module:
     """Move to the device, train mode, channels_last, SyncBatchNorm + DDP under several processes.
+
+    ``forward``: a module holding ``model`` whose ``forward`` the train step calls instead of
+    :class:`FeaturesForward` (the DAFormer stage's also returns the encoder's last map).
 
     Returns:
         The network to call in train steps: ``net(x) -> (features, logits)`` (``(features, logits,
@@ -133,7 +145,7 @@ def prepare_for_training(ctx: RunContext, model: nn.Module, head: nn.Module | No
         if ctx.cfg.channels_last:
             module.to(memory_format=torch.channels_last)
         module.train()
-    net: nn.Module = FeaturesForward(model, head)
+    net: nn.Module = FeaturesForward(model, head) if forward is None else forward
     if ctx.dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -45,8 +45,19 @@ __all__ = [
     "uniform_stream",
 ]
 
-STREAM_IDS = {"source": 1, "proca_source": 2, "proca_target": 3, "ssl": 4, "memory_bank": 5}
-"""Seed streams of the training stages' data (part of every sample's seed) and of the memory bank's sampling."""
+STREAM_IDS = {
+    "source": 1,
+    "proca_source": 2,
+    "proca_target": 3,
+    "ssl": 4,
+    "memory_bank": 5,
+    "daformer_source": 6,
+    "daformer_target": 7,
+    "daformer_mix": 8,
+    "daformer_dropout": 9,
+}
+"""Seed streams of the training stages' data (part of every sample's seed), of the memory bank's sampling and
+of the DAFormer stage's mixing and masking draws."""
 
 Fetch = Callable[[int, int], np.ndarray]
 """``fetch(begin, end)``: the dataset indices at stream positions ``begin .. end - 1``."""
@@ -197,25 +208,50 @@ def step_batches(
 
 
 def source_root(ctx: RunContext) -> Path:
-    """``DATA_ROOT/gtav`` or ``DATA_ROOT/synthia``."""
+    """``DATA_ROOT/gtav`` or ``DATA_ROOT/synthia`` (a dataset card: the card's folder)."""
+    if ctx.cfg.source_key == "card":
+        return Path(ctx.cfg.src).parent
     return ctx.data_root / ctx.cfg.src
+
+
+def _card_label_info(ctx: RunContext, skip_bad: bool) -> Path:
+    """``RUN/card_label_info.json`` for a dataset card as the source, scanned here (rank 0) when missing, and
+    recorded in ``RUN/inputs.json`` like the built-in sources' label info."""
+    from proca.engine.runfolder import check_label_info_identity
+
+    target = ctx.path("card_label_info.json")
+    missing = any_flag(not target.is_file(), ctx.device)
+    if ctx.is_main:
+        if missing:
+            from proca.data.cards import card_label_info
+
+            ctx.say(f"label info: scanning the labels of {ctx.cfg.src} (once) -> {target}")
+            info = card_label_info(ctx.cfg.src, class_set=ctx.class_set, skip_bad=skip_bad, progress=ctx.progress)
+            info.save(target)
+        check_label_info_identity(ctx.run_dir, target, write=True)
+    barrier()
+    return target
 
 
 def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int = 1) -> Path:
     """The source label info: ``SRC_ROOT/<src>_label_info.json`` (or the release's ``.p``) if present,
-    else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing."""
+    else ``RUN/<src>_label_info.json``, generated here (rank 0) when missing (``RUN/card_label_info.json`` for a
+    dataset card). The file used is recorded in ``RUN/inputs.json`` (path and SHA-256), so that ``--resume`` can
+    refuse another or a changed one."""
+    from proca.engine.runfolder import check_label_info_identity, label_info_candidates
+
+    if ctx.cfg.source_key == "card":
+        return _card_label_info(ctx, skip_bad)
     root = source_root(ctx)
-    candidates = (
-        root / f"{ctx.cfg.src}_label_info.json",
-        root / f"{ctx.cfg.src}_label_info.p",
-        ctx.path(f"{ctx.cfg.src}_label_info.json"),
-    )
+    candidates = label_info_candidates(ctx.data_root, ctx.cfg.src, ctx.run_dir)
     found = next((c for c in candidates if c.is_file()), None)
     # a collective: every process has looked before process 0 may write the file below
     if not any_flag(found is None, ctx.device):
         assert found is not None
+        if ctx.is_main:
+            check_label_info_identity(ctx.run_dir, found, write=True)
         return found
-    target = ctx.path(f"{ctx.cfg.src}_label_info.json")
+    target = candidates[-1]
     if ctx.is_main:
         from proca.data.label_info import build_label_info
 
@@ -225,6 +261,10 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int =
             class_set=ctx.class_set,
         )  # fmt: skip
         info.save(target)
+        if info.skipped:
+            ctx.say(f"label info: {len(info.skipped)} of {len(info.skipped) + len(info.files)} files skipped "
+                    f"(--skip-bad: {info.skip_summary()}); they are not trained on")  # fmt: skip
+        check_label_info_identity(ctx.run_dir, target, write=True)
     barrier()
     return target
 
@@ -232,12 +272,25 @@ def ensure_label_info(ctx: RunContext, *, skip_bad: bool = False, workers: int =
 def source_dataset(
     ctx: RunContext, *, size: Sequence[int], jitter: bool, files: Sequence[str] | None = None, train: bool = True
 ) -> Dataset:
-    """The source train set with the source transform (resize, optional colour augmentation, normalise)."""
+    """The source train set with the source transform (resize, optional colour augmentation, normalise).
+
+    With ``--skip-bad`` (and no ``files``) only the files the label info kept: the pairs it left out
+    (unreadable, image and label of different sizes) are never read.
+    """
     from proca.data.datasets import GTA5Dataset, SynthiaDataset
     from proca.data.transforms import source_train_transform
 
+    if files is None and ctx.skip_bad and ctx.label_info is not None:
+        from proca.data.label_info import read_label_info
+
+        files = read_label_info(ctx.label_info).files
+
     transform = source_train_transform((int(size[0]), int(size[1])), jitter=jitter and train)
     root = source_root(ctx)
+    if ctx.cfg.source_key == "card":
+        from proca.data.cards import card_dataset
+
+        return card_dataset(ctx.cfg.src, class_set=ctx.class_set, transform=transform, files=files)
     if ctx.cfg.src == "synthia":
         return SynthiaDataset(root, files=files, transform=transform)
     return GTA5Dataset(root, files=files, class_set=ctx.class_set, transform=transform)
@@ -262,17 +315,14 @@ def source_stream(
 
 
 def target_dataset(ctx: RunContext, *, size: Sequence[int]) -> Dataset:
-    """The unlabelled target train set (Cityscapes train images), resized and normalised."""
-    from proca.data.datasets import CityscapesDataset
+    """The unlabelled target train set (the train images of a built-in ``tgt``, see :mod:`proca.data.registry`;
+    a card's or a folder's images, see :mod:`proca.data.targets`), resized to ``size`` whatever each image's own
+    size, and normalised."""
+    from proca.data.registry import open_target_images
     from proca.data.transforms import target_train_transform
 
-    return CityscapesDataset(
-        ctx.data_root / "cityscapes",
-        split="train",
-        class_set=ctx.class_set,
-        labels=False,
-        transform=target_train_transform((int(size[0]), int(size[1]))),
-    )
+    transform = target_train_transform((int(size[0]), int(size[1])))
+    return open_target_images(ctx.cfg.tgt, ctx.data_root, class_set=ctx.class_set, transform=transform)
 
 
 def adaptation_streams(ctx: RunContext, plan: BatchPlan) -> list[Stream]:

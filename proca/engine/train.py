@@ -13,10 +13,14 @@ pseudo-label   RUN/proca[.best].safetensors        RUN/pseudo_labels/
 ssl            ImageNet weights, pseudo labels     RUN/ssl.safetensors, ssl.best.safetensors
 =============  ==================================  =============================================
 
+``--recipe daformer`` runs one stage instead, ``daformer`` (ImageNet weights, source, target ->
+``RUN/daformer.safetensors``, ``daformer.best.safetensors``), see :mod:`proca.engine.stages.daformer`.
+
 ``--stage all`` skips every stage whose final file exists. Training stages write their resumable
 state to ``RUN/state/<stage>.safetensors`` every ``checkpoint_every`` iterations; ``--resume``
 continues from it exactly. ``RUN/config.json`` holds the resolved configuration (torchrun's processes
-read it), ``RUN/results.json`` the validation results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
+read it), ``RUN/inputs.json`` the data it reads (checked on ``--resume``), ``RUN/results.json`` the validation
+results of the stages, ``RUN/<stage>.log.jsonl`` the logs.
 """
 
 from __future__ import annotations
@@ -46,15 +50,20 @@ from proca.engine.launch import (
 from proca.engine.runclock import RunClock, budgets_for, count_images
 from proca.engine.runfolder import (
     FINAL_OUTPUTS,
+    INPUTS_FILE,
     STAGES,
     RunLock,
+    check_data_identity,
     check_data_root,
+    check_label_info_identity,
+    check_recipe,
     check_resume_config,
     check_run_dir,
     clear_run,
+    find_label_info,
     stage_outputs,
 )
-from proca.errors import ConfigError
+from proca.errors import ConfigError, DataError
 from proca.io import atomic_write_json
 
 __all__ = ["STAGES", "RunOptions", "run_pipeline", "run_train", "seeded_run", "stage_outputs", "train_config"]
@@ -67,7 +76,8 @@ class RunOptions:
     Attributes:
         data_root: folder holding ``gtav/``, ``synthia/``, ``cityscapes/``.
         out: the run folder.
-        stage: ``all`` or one of :data:`STAGES`.
+        stage: ``all`` or one of :data:`STAGES` (with ``recipe="daformer"``: ``all`` or ``daformer``).
+        recipe: ``proca`` (the five stages) or ``daformer`` (one online self-training stage).
         backbone_weights: ImageNet weights for fresh models (None: random init).
         resume: continue an interrupted run in ``out``.
         force: start over in an existing ``out``.
@@ -79,6 +89,7 @@ class RunOptions:
     data_root: Path = Path("datasets")
     out: Path = Path("runs/proca")
     stage: str = "all"
+    recipe: str = "proca"
     backbone_weights: Path | None = None
     resume: bool = False
     force: bool = False
@@ -89,6 +100,12 @@ class RunOptions:
     @property
     def stages(self) -> list[str]:
         """The stages to run, in order."""
+        if self.recipe == "daformer":
+            if self.stage not in ("all", "daformer"):
+                raise ConfigError(f"--stage {self.stage} belongs to --recipe proca; --recipe daformer has one stage.")
+            return ["daformer"]
+        if self.recipe != "proca":
+            raise ConfigError(f"--recipe {self.recipe!r} is not a recipe; valid: proca, daformer.")
         if self.stage != "all" and self.stage not in STAGES:
             raise ConfigError(f"--stage {self.stage!r} is not a stage; valid: all, {', '.join(STAGES)}.")
         return list(STAGES) if self.stage == "all" else [self.stage]
@@ -115,14 +132,56 @@ def train_config(
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
+    resume_dir: Path | None = None,
 ) -> TrainConfig:
     """The run's config: the preset of ``src``/``tgt`` (given, else the config file's, else gtav -> cityscapes),
-    then the config file, ``--set`` overrides and the options the user gave (:func:`proca.config.resolve_config`)."""
+    then the config file, ``--set`` overrides and the options the user gave (:func:`proca.config.resolve_config`).
+
+    With ``resume_dir`` holding a ``config.json`` (``--resume``), that run's config is the starting point instead
+    of the preset: ``proca train --out RUN --resume`` continues with the options the run was started with, and
+    what is given on top of it is checked against :data:`~proca.engine.runfolder.RESUME_FREE` later.
+    """
+    saved = _saved_config(resume_dir) if resume_dir is not None else None
+    if saved is not None:
+        base = dict(saved)
+        for flag, key, given in (("--src", "src", src), ("--tgt", "tgt", tgt)):
+            if given is not None and _dataset_spec(given) != _dataset_spec(str(base.get(key))):
+                raise ConfigError(
+                    f"--resume: this run was started with {flag} {base.get(key)}, not {given}; leave {flag} out to "
+                    "continue it, or start a new run with another --out."
+                )
+        return resolve_config(
+            str(base.get("src", "gtav")), str(base.get("tgt", "cityscapes")), config_file=config_file,
+            overrides=overrides, base=base, **dict(options or {}),
+        )  # fmt: skip
     if src is None or tgt is None:
         loaded = load_config_file(config_file) if config_file is not None else {}
         src = src or str(loaded.get("src", "gtav"))
         tgt = tgt or str(loaded.get("tgt", "cityscapes"))
     return resolve_config(src, tgt, config_file=config_file, overrides=overrides, **dict(options or {}))
+
+
+def _dataset_spec(spec: str) -> str:
+    """A ``--src``/``--tgt`` value as compared on resume: a built-in name as is, a path resolved."""
+    from proca.data.registry import BUILTIN_DATASETS
+
+    if spec in BUILTIN_DATASETS or spec in ("gtav", "synthia"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """``RUN/config.json`` as a dict (None: no such file; an unreadable one is refused)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {path} ({err}); start a new run with another --out (or --force).") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} does not hold a config (a JSON object); start a new run with another --out.")
+    return doc
 
 
 @contextlib.contextmanager
@@ -146,6 +205,7 @@ def seeded_run(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.stages import (
         ADAPTATION_METHODS,
+        DAFormerStage,
         SelfTrainingStage,
         SourceStage,
         run_prototype_stage,
@@ -156,7 +216,12 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
     from proca.engine.trainer import TrainingStage
 
     cfg = ctx.cfg
-    if stage in ("source", "proca") and (cfg.source.class_balanced or cfg.proca.class_balanced):
+    balanced = cfg.source.class_balanced or cfg.proca.class_balanced
+    if (
+        (stage in ("source", "proca") and balanced)
+        or (stage in ("source", "prototypes", "proca") and skip_bad)
+        or (stage == "daformer" and (cfg.daformer.rcs or skip_bad))
+    ):
         ctx.label_info = ensure_label_info(ctx, skip_bad=skip_bad, workers=training_workers(ctx, announce=False))
     if stage == "prototypes":
         return run_prototype_stage(ctx)
@@ -166,6 +231,7 @@ def _run_stage(ctx: Any, stage: str, skip_bad: bool) -> dict[str, Any]:
         "source": SourceStage,
         "proca": ADAPTATION_METHODS[cfg.method],
         "ssl": SelfTrainingStage,
+        "daformer": DAFormerStage,
     }
     loop = train_stage(ctx, classes[stage](ctx))
     entry: dict[str, Any] = {
@@ -203,7 +269,13 @@ def run_pipeline(
 
     dist = dist or DistInfo()
     ctx = RunContext(
-        cfg=cfg, run_dir=run_dir, data_root=data_root, dist=dist, backbone_weights=backbone_weights, progress=progress
+        cfg=cfg,
+        run_dir=run_dir,
+        data_root=data_root,
+        dist=dist,
+        backbone_weights=backbone_weights,
+        progress=progress,
+        skip_bad=skip_bad,
     )
     if clock is None:
         todo = [s for s in stages if not (run_dir / FINAL_OUTPUTS[s]).exists()]
@@ -219,6 +291,11 @@ def run_pipeline(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
     barrier()
+    if not ctx.validates:
+        ctx.say(
+            f"validation: skipped, the target {cfg.tgt} has no labels; each stage's last checkpoint is used "
+            "(give --tgt-val DIR with labelled data to validate)"
+        )
     for stage in stages:
         if stage == "prototypes" and cfg.method == "memory-bank":
             ctx.say("[dim]prototypes: not needed by --method memory-bank, skipped[/]")
@@ -245,11 +322,53 @@ def run_pipeline(
     return results
 
 
+def check_target(cfg: TrainConfig, data_root: Path) -> None:
+    """The target and the validation data exist and are well formed; a run without labelled target data asks
+    for no checkpoint that only validation can pick (``release``).
+
+    Raises:
+        ProcaError: a card's mistake, a folder without images, a missing --tgt-val, an ``init_from`` of release
+            without validation.
+    """
+    from proca.data.classes import get_class_set
+    from proca.data.targets import resolve_eval_dataset, resolve_target
+
+    target = resolve_target(cfg.tgt, data_root)  # a card's keys and files, a folder's images
+    if cfg.tgt_val is not None:
+        resolve_eval_dataset(cfg.tgt_val, data_root, class_set=get_class_set(cfg.class_set), flag="--tgt-val")
+    if cfg.tgt_val is None and not target.labelled:
+        for key, choice in (
+            ("prototypes.init_from", cfg.prototypes.init_from),
+            ("proca.init_from", cfg.proca.init_from),
+            ("pseudo_label.init_from", cfg.pseudo_label.init_from),
+        ):
+            if choice == "release":
+                raise ConfigError(
+                    f"{key}=release picks a checkpoint by validation, but the target {cfg.tgt} has no labels; "
+                    f"set {key}=last, or give --tgt-val DIR with labelled data."
+                )
+
+
 def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
-    """What can be checked before anything is written: the dataset folders and the ImageNet weights file."""
-    check_data_root(run.data_root, cfg.src, run.stages)
+    """What can be checked before anything is written or loaded: ``--out`` can be written, the dataset folders
+    and the files the stages read are there (the validation labels included; a card's keys and files; a folder
+    target's images), the label info is current, and the ImageNet weights file exists."""
+    from proca.data.targets import resolve_target
+    from proca.io import check_writable
+
+    check_writable(run.out, "--out", folder=True)
+    check_data_root(run.data_root, cfg.src, run.stages, cfg.tgt)
+    check_target(cfg, run.data_root)
+    check_stage_data(cfg, run)
+    folder = resolve_target(cfg.tgt, run.data_root).folder
+    out = run.out.absolute()
+    if folder is not None and (out == folder or folder in out.parents):
+        raise ConfigError(
+            f"--out {run.out} lies inside --tgt {cfg.tgt}: the run's pseudo labels would be read back as target "
+            "images; choose an --out outside the target folder."
+        )
     weights = run.backbone_weights
-    fresh = {"source", "ssl"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
+    fresh = {"source", "ssl", "daformer"} & set(run.stages) and not (cfg.ssl.init == "proca" and run.stages == ["ssl"])
     if weights is not None and fresh and str(weights) != "imagenet" and not Path(weights).is_file():
         raise ConfigError(
             f"--backbone-weights {weights}: no such file; give the ImageNet weights file "
@@ -257,13 +376,73 @@ def check_inputs(cfg: TrainConfig, run: RunOptions) -> None:
         )
 
 
+def check_stage_data(cfg: TrainConfig, run: RunOptions) -> None:
+    """The datasets the stages read list all their files (no decoding): the source pairs, the target train
+    images, the target's val images and labels every training stage validates on; and the label info the
+    source stages would use is current (:func:`proca.data.label_info.check_label_info_current`)."""
+    from proca.data.classes import get_class_set
+    from proca.data.datasets import GTA5Dataset, SynthiaDataset
+    from proca.data.registry import BUILTIN_DATASETS, open_target_images, open_target_val
+
+    stages = set(run.stages)
+    class_set = get_class_set(cfg.class_set)
+    if stages & {"source", "prototypes", "proca", "daformer"}:
+        src_root = run.data_root / cfg.src
+        if cfg.source_key == "card":
+            from proca.data.cards import card_dataset
+
+            # the card's keys, its images, its labels and their pairing (label values are checked when read)
+            card_dataset(cfg.src, class_set=class_set, needs_labels="--src")
+        elif cfg.src == "synthia":
+            SynthiaDataset(src_root)
+        else:
+            GTA5Dataset(src_root, class_set=class_set)
+    if stages & {"proca", "pseudo-label", "ssl", "daformer"}:
+        open_target_images(cfg.tgt, run.data_root, class_set=class_set)
+    # every training stage validates: on --tgt-val (checked by check_target) or a built-in target's val split
+    if stages & {"source", "proca", "ssl", "daformer"} and cfg.tgt_val is None and cfg.tgt in BUILTIN_DATASETS:
+        try:
+            open_target_val(cfg.tgt, run.data_root, class_set=class_set)
+        except DataError as err:
+            title = BUILTIN_DATASETS[cfg.tgt].title
+            raise DataError(f"{err} (every training stage validates on {title} val, with its labels)") from None
+    uses_info = (
+        (cfg.source.class_balanced and "source" in stages)
+        or (cfg.proca.class_balanced and "proca" in stages)
+        or (cfg.daformer.rcs and "daformer" in stages)
+    )
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    scans = stages & {"source", "proca", "daformer"}
+    if cfg.source_key != "card" and (uses_info or run.skip_bad) and scans and found is not None:
+        from proca.data.label_info import check_label_info_current, read_label_info
+
+        check_label_info_current(read_label_info(found), found, run.data_root / cfg.src, cfg.src, run_dir=run.out)
+
+
 def _prepare_run_dir(cfg: TrainConfig, run: RunOptions) -> None:
-    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing."""
+    """The checks (and ``--force`` clearing) made once, by the process that was started, before any writing.
+
+    A run that continues in an existing folder (``--resume``, or one more ``--stage``) must read the data it
+    started on (``RUN/inputs.json``: data root, image names, label-info file); ``--resume`` also refuses changed
+    config keys other than :data:`~proca.engine.runfolder.RESUME_FREE`. ``RUN/inputs.json`` is written here.
+    """
+    check_recipe(run.out, run.recipe, force=run.force)
     check_run_dir(run.out, run.stages, resume=run.resume, force=run.force)
     if run.force and run.out.exists():
-        clear_run(run.out, cfg.src, run.stages)
-    if run.resume:
-        check_resume_config(run.out, cfg)
+        clear_run(run.out, cfg.source_key, run.stages)
+    flag = "--resume" if run.resume else f"--stage {run.stage}"
+    changes = check_resume_config(run.out, cfg) if run.resume else {}  # first: names a changed --src/--tgt
+    record = check_data_identity(run.out, run.data_root, cfg.src, cfg.tgt, flag=flag)
+    found = find_label_info(run.data_root, cfg.src, run.out)
+    if found is not None and (run.out / INPUTS_FILE).is_file():
+        check_label_info_identity(run.out, found, write=False)
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.out / INPUTS_FILE, record)
+    if changes:  # config.json is rewritten with them when the run starts
+        from rich.console import Console
+
+        shown = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+        Console(stderr=True, highlight=False).print(f"resume: {shown} ({run.out / 'config.json'} updated)")
 
 
 def run_local(cfg: TrainConfig, run: RunOptions, *, checked: bool = False) -> dict[str, dict[str, Any]]:

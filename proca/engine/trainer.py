@@ -108,7 +108,8 @@ def accumulate_and_step(
     Each micro-batch's total is multiplied by :meth:`BatchPlan.weight`, so the step's gradient is that of
     the mean over the global batch whatever the number of processes and micro-batches. DDP synchronises
     gradients only in the last backward. A non-finite term on any process skips the whole step on every
-    process (no update; the gradients are dropped); so does a non-finite tensor among ``sc.watch()``.
+    process (no update; the gradients are dropped); so does a non-finite gradient (without the fp16 scaler, which
+    skips those itself) and a non-finite tensor among ``sc.watch()``.
     """
     sc.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
@@ -135,6 +136,13 @@ def accumulate_and_step(
         if any_flag(not state_ok, sc.device):  # e.g. a NaN target image: finite losses, NaN BatchNorm statistics
             sc.optimizer.zero_grad(set_to_none=True)
             return StepResult({}, skipped="state (BatchNorm statistics or prototypes)")
+    if not sc.scaler.is_enabled():  # fp16's scaler skips steps with non-finite gradients itself
+        # finite losses can still give non-finite gradients (e.g. attention over an all-zero input)
+        grads = [p.grad for group in sc.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads_ok = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if any_flag(not grads_ok, sc.device):
+            sc.optimizer.zero_grad(set_to_none=True)
+            return StepResult({}, skipped="gradient")
     sc.scaler.step(sc.optimizer)
     sc.scaler.update()
     return StepResult(sums)
@@ -179,6 +187,14 @@ class TrainingStage(abc.ABC):
         """Groups of tensors every process must hold identically (checked at the end under several processes)."""
         tensors = self.checkpoint_tensors()
         return {"prototypes": tensors} if tensors else {}
+
+    def kept_model(self) -> nn.Module:
+        """The network validated, kept as the best and saved as ``RUN/<name>.safetensors`` (default: ``sc.model``)."""
+        return self.sc.model
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """More validation results logged with each validation (e.g. a second network's mIoU); default none."""
+        return {}
 
     def step_state(self) -> list[Tensor]:
         """Tensors a step may change besides parameters and optimiser state; restored when it is skipped.

@@ -194,13 +194,9 @@ def find_imagenet_weights(backbone: str, weights: str | os.PathLike[str]) -> Pat
 
 
 def _read_torchvision_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure means the file is not a usable weight file
-        raise CheckpointError(
-            f"cannot read ImageNet weights {path} as a torchvision state dict (loaded with weights_only=True): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from None
+    from proca.safeload import read_torch_file
+
+    obj = read_torch_file(path, what="ImageNet weights file", expected="a torchvision .pth state dict")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -192,11 +192,18 @@ def _read_safetensors(path: Path, header_key: str, device: str) -> tuple[dict[st
     return tensors, meta
 
 
+#: The largest class count a checkpoint's metadata may state (the head is built before the weights are read).
+MAX_CLASSES = 1000
+
+
 def _build_on_meta(arch: Any, num_classes: Any, norm: Any, source: str) -> SegmentationModel:
     if arch not in MODEL_BUILDERS:
         raise CheckpointError(f"{source}: unknown arch {arch!r} in the metadata; valid: {', '.join(MODEL_BUILDERS)}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise CheckpointError(f"{source}: num_classes {num_classes!r} in the metadata is not a positive integer")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= MAX_CLASSES:
+        raise CheckpointError(
+            f"{source}: num_classes {num_classes!r} in the metadata is not an integer in 1..{MAX_CLASSES} "
+            "(proca models predict 19 or 16 classes); the file is damaged or not a proca checkpoint"
+        )
     if norm not in ("batch", "frozen"):
         raise CheckpointError(f"{source}: norm {norm!r} in the metadata is not one of batch, frozen")
     if norm != "batch" and not str(arch).startswith("deeplabv2_"):

@@ -204,6 +204,12 @@ def parse_release_checkpoint(obj: Any, source: str = "checkpoint") -> ReleaseChe
     keys = [str(k) for k in obj]
     missing = [k for k in REQUIRED_ENTRIES if k not in obj]
     if missing:
+        if obj and all(isinstance(v, Tensor) for v in obj.values()) and any(k.startswith("backbone.") for k in keys):
+            raise CheckpointError(
+                f"{source} is the state dict of a proca network (keys like {_few(sorted(keys), 2)}) saved with "
+                "torch.save, not a released checkpoint; load it into proca.models.build_model(...) and write it "
+                "with proca.models.save_model to get a .safetensors checkpoint"
+            )
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             raise CheckpointError(
                 f"{source} is a bare state dict (keys like {_few(sorted(keys), 3)}), not the ProCA/FADA/SDCA layout: "

@@ -93,6 +93,12 @@ def complete_metadata(
             raise CheckpointError(
                 f"{source}: class_set {class_set!r} has {len(names)} classes but the model predicts {num_classes}"
             )
+        given_names = meta.get("class_names")
+        if given_names is not None and list(given_names) != list(names):
+            raise CheckpointError(
+                f"{source}: metadata class_names do not match the {class_set} class table (first difference: "
+                f"{_first_difference(list(given_names), list(names))}); fix or remove class_names in the metadata"
+            )
         meta.setdefault("class_names", list(names))
     meta["class_set"] = class_set
     meta.setdefault("class_names", [f"class_{i}" for i in range(num_classes)])
@@ -106,7 +112,15 @@ def complete_metadata(
     meta.setdefault("stage", None)
     meta.setdefault("iteration", None)
     meta.setdefault("eval_input_size", list(DEFAULT_EVAL_INPUT_SIZE))
-    meta["eval_input_size"] = list(meta["eval_input_size"]) if meta["eval_input_size"] is not None else None
+    size = meta["eval_input_size"]
+    if size is not None and not (
+        isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size)
+    ):
+        raise CheckpointError(
+            f"{source}: metadata eval_input_size {size!r} is not [H, W]; pass --input-size HxW when using it, "
+            "or re-save the checkpoint with a valid eval_input_size"
+        )
+    meta["eval_input_size"] = list(size) if size is not None else None
     meta.setdefault("config", {})
     meta.setdefault("metrics", {})
     try:
@@ -114,3 +128,10 @@ def complete_metadata(
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: metadata is not JSON-serialisable ({err})") from None
     return meta
+
+
+def _first_difference(given: list[Any], table: list[str]) -> str:
+    for i, (a, b) in enumerate(zip(given, table, strict=False)):
+        if a != b:
+            return f"class {i} is {a!r}, the table says {b!r}"
+    return f"{len(given)} names for {len(table)} classes"

@@ -41,7 +41,7 @@ def test_scan_gtav_counts_and_json(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["schema"] == "proca.label_info" and doc["schema_version"] == 1
     assert doc["class_set"] == "cityscapes19" and doc["num_classes"] == 19 and len(doc["class_names"]) == 19
-    assert doc["files"][2] == {"file": "00003.png", "classes": [18], "pixels": [48]}
+    assert doc["files"][2] == {"file": "00003.png", "classes": [18], "pixels": [48], "size": [6, 8]}
     assert doc["class_to_files"][18] == ["00003.png"]
     back = read_label_info(out)
     assert back.files == info.files and back.file_to_classes == info.file_to_classes

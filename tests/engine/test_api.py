@@ -80,8 +80,10 @@ def test_predict_array_pil_and_model(ckpt: Path, photo: Path) -> None:
 def test_predict_errors(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         proca.predict(tmp_path / "nope.safetensors", np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(DataError, match=r"\(H, W, 3\) uint8"):
-        proca.predict(ckpt, np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"\(H, W, 3\) RGB"):
+        proca.predict(ckpt, np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(DataError, match=r"\(H, W, 3\) RGB"):
+        proca.predict(ckpt, np.zeros((8, 8, 3), np.float32))
     with pytest.raises(DataError, match="cannot read an image"):
         proca.predict(ckpt, 3)
     with pytest.raises(ConfigError, match="no num_classes"):

@@ -100,8 +100,9 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path: Path, monkeypatc
     assert result.exit_code == 0, result.output
     assert torch.get_num_threads() == threads
     summary = json.loads(report.read_text())
-    for key in ("source_only_miou", "proca_miou", "final_miou"):
+    for key in ("source_only_miou", "adabn_miou", "proca_miou", "final_miou"):
         assert 0 <= summary[key] <= 100
+    assert "AdaBN" in result.output  # the statistics-only baseline of the same source model, in the table
     assert summary["seconds"] > 0 and summary["seed"] == 1
     examples = list((out / "examples").glob("*.png"))
     assert len(examples) == 1

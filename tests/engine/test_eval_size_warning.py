@@ -44,7 +44,7 @@ def test_far_eval_size_warns_once(command: str, setup: dict[str, Path], tmp_path
     if command == "eval":
         base: list[str | Path] = ["eval", setup["small"], "--data-root", setup["data"]]
     else:
-        base = ["infer", setup["small"], image, "--out", tmp_path / "pred"]
+        base = ["infer", setup["small"], image, "--out", tmp_path / "pred", "--force"]
     lines = _warnings(_run(base))
     assert len(lines) == 1, lines
     assert "96x192" in lines[0] and "32x64" in lines[0] and "--input-size" in lines[0]

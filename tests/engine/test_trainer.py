@@ -240,3 +240,20 @@ def test_a_nan_target_with_finite_losses_is_skipped_and_leaves_batchnorm_untouch
     for key, value in stage.model.bn.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert all(torch.equal(a, b) for a, b in zip(weights, stage.model.parameters(), strict=True))
+
+
+def test_finite_losses_with_a_non_finite_gradient_skip_the_step() -> None:
+    from proca.engine.trainer import accumulate_and_step
+
+    model = Tiny()
+    sc = _context(model)
+    weights = [p.detach().clone() for p in model.parameters()]
+
+    def compute(batch: Tensor) -> dict[str, tuple[Tensor, float]]:
+        _, logits = sc.net(batch)
+        return {"odd": (torch.sqrt(logits.sum() * 0.0), 1.0)}  # value 0, gradient 0 * inf = NaN
+
+    result = accumulate_and_step(sc, [torch.randn(1, 3, 8, 8)], compute)
+    assert result.skipped == "gradient"
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())

@@ -54,7 +54,7 @@ def test_label_info_truncated_label_stops_then_skip_bad_counts(data_copy: Path, 
     assert not out.exists()
     result = invoke([*args, "--skip-bad"])
     assert result.exit_code == 0, output_of(result)
-    assert "1 unreadable skipped" in " ".join(output_of(result).split())
+    assert "1 skipped (1 unreadable)" in " ".join(output_of(result).split())
     doc = json.loads(out.read_text())
     assert doc["skipped"] == [bad.name] and len(doc["files"]) == 7
 

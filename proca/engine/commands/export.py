@@ -60,8 +60,9 @@ def run_export(
         check_opset(opset)
         require_onnx()
     loaded = load_model(checkpoint, map_location="cpu")
-    reference = loaded.metadata.get("eval_input_size") or (512, 1024)
-    size = input_size or (int(reference[0]), int(reference[1]))
+    from proca.engine.predict import eval_input_size
+
+    size = input_size or eval_input_size(loaded.metadata, checkpoint)
     result = export_model(
         loaded.model, out, input_size=size, fmt=fmt, output=output, opset=opset, dynamic=dynamic, force=force
     )

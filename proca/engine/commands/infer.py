@@ -11,16 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
 from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
 from proca.engine.encode import INFER_FORMATS, check_format, save_prediction
 from proca.engine.loop import AsyncWriter, PreparedDataset, default_num_workers, iterate_batches
-from proca.engine.predict import aspect_input_size, check_eval_size, load_for_inference, predict_probs
+from proca.engine.predict import aspect_input_size, check_eval_size, eval_input_size, load_for_inference, predict_ids
 from proca.engine.progress import ProgressBar
 from proca.errors import ConfigError, DataError
+from proca.io import check_new_files
 
 __all__ = ["INFER_FORMATS", "output_name", "run_infer"]
 
@@ -36,11 +35,9 @@ def output_name(name: str, path: str) -> str:
 
 
 def _size_key(path: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError):
-        return (0, 0)
+    from proca.data._decode import image_header_size
+
+    return image_header_size(path) or (0, 0)  # refuses a too large image before any work
 
 
 def _save(train_ids: np.ndarray, path: Path, class_set: ClassSet, fmt: str, photo: np.ndarray | None) -> None:
@@ -59,37 +56,32 @@ def run_infer(
     device: str = "auto",
     batch_size: int = 1,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """Predict every input image and write ``out/<name>.png`` in ``fmt``.
 
     Output names follow the inputs: ``photo.jpg`` -> ``out/photo.png``; images found inside a folder keep
     their path relative to it (the dataset makes colliding names unique with ``-2``, ``-3``; any clash left
-    gets ``_1``, ``_2`` ...).
+    gets ``_1``, ``_2`` ...). Images inside ``out`` are never inputs (so a later run does not read its own
+    predictions back). Prediction files that exist already are refused before any work unless ``force``.
 
     Returns:
         The files written, in input order.
     """
     from proca.data.datasets import ImageFolderDataset
+    from proca.io import check_writable
 
     check_format(fmt, INFER_FORMATS)
     if not inputs:
         raise DataError("no inputs given; name image files, folders or glob patterns.")
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the predictions (new or existing).")
-    dataset = ImageFolderDataset(list(inputs))
+    check_writable(out, "--out", folder=True)
+    dataset = ImageFolderDataset(list(inputs), exclude=[out])
     if len(dataset) == 0:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}; give image files, folders or globs.")
-    dev = resolve_device(device)
-    model, class_set, meta = load_for_inference(checkpoint, dev)
-    reference = tuple(meta.get("eval_input_size") or (512, 1024))
-    reference = (int(reference[0]), int(reference[1]))
-    if input_size is None:
-        check_eval_size(checkpoint, reference, dataset.images[0])
-
-    def size_fn(photo_size: tuple[int, int]) -> tuple[int, int]:
-        return tuple(input_size) if input_size is not None else aspect_input_size(photo_size, reference)  # type: ignore[return-value]
-
-    prepared = PreparedDataset(dataset, size_fn=size_fn, keep_photo=fmt == "overlay")
+    # the order (by size: the headers are read, a too large image is refused) and the output files are
+    # settled before the checkpoint is loaded, so an existing output is refused before any work
     files = [str(f) for f in getattr(dataset, "files", [])]
     if len(files) == len(dataset):
         order = sorted(range(len(dataset)), key=lambda i: (_size_key(files[i]), i))
@@ -97,19 +89,33 @@ def run_infer(
         order = list(range(len(dataset)))
     out = Path(out)
     used: dict[str, int] = {}
+    targets: dict[int, Path] = {}
+    for index in order:
+        base = output_name(dataset.names[index], str(dataset.images[index]))
+        count = used.get(base, 0)
+        used[base] = count + 1
+        targets[index] = out / (f"{base}.png" if count == 0 else f"{base}_{count}.png")
+    check_new_files(list(targets.values()), force=force, option="--out")
+    dev = resolve_device(device)
+    model, class_set, meta = load_for_inference(checkpoint, dev)
+    reference = eval_input_size(meta, checkpoint) if input_size is None else input_size
+    if input_size is None:
+        check_eval_size(checkpoint, reference, dataset.images[0])
+
+    def size_fn(photo_size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(input_size) if input_size is not None else aspect_input_size(photo_size, reference)  # type: ignore[return-value]
+
+    prepared = PreparedDataset(dataset, size_fn=size_fn, keep_photo=fmt == "overlay")
     written: dict[int, Path] = {}
     with AsyncWriter() as writer, ProgressBar(len(order), "infer", enabled=progress) as bar:
         for batch in iterate_batches(
             prepared, batch_size=batch_size, indices=order, num_workers=default_num_workers(dev)
         ):
-            probs = predict_probs(model, batch.images.to(dev), out_size=batch.out_size, scales=scales, flip=flip)
-            pred = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
-            del probs
+            ids = predict_ids(model, batch.images.to(dev), out_size=batch.out_size, scales=scales, flip=flip)
+            pred = ids.cpu().numpy()
+            del ids
             for k, index in enumerate(batch.indices):
-                base = output_name(batch.names[k], batch.paths[k])
-                count = used.get(base, 0)
-                used[base] = count + 1
-                path = out / (f"{base}.png" if count == 0 else f"{base}_{count}.png")
+                path = targets[index]
                 written[index] = path
                 photo = None
                 if batch.photos is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
-from proca.engine.predict import load_for_inference
+from proca.engine.predict import eval_input_size, load_for_inference
 from proca.engine.pseudo_label import PseudoLabelStats, check_label_folder, generate_pseudo_labels, label_manifest
 from proca.errors import ConfigError
 
@@ -43,15 +43,17 @@ def run_pseudo_label(
     """
     from proca.data.datasets import CityscapesDataset, cityscapes_root
     from proca.data.transforms import test_transform
+    from proca.io import check_writable
 
     city_root = cityscapes_root(data_root)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
+    check_writable(out, "--out", folder=True)
+    CityscapesDataset(city_root, split=split, labels=False)  # every image is there, before the model loads
     dev = resolve_device(device)
     model, class_set, meta = load_for_inference(checkpoint, dev)
-    size = tuple(input_size) if input_size is not None else tuple(meta.get("eval_input_size") or (512, 1024))
-    size = (int(size[0]), int(size[1]))
+    size = (int(input_size[0]), int(input_size[1])) if input_size is not None else eval_input_size(meta, checkpoint)
     dataset = CityscapesDataset(
         city_root,
         split=split,

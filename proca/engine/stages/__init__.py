@@ -6,6 +6,8 @@
 - :mod:`.memory_bank`: stage 3 with ``--method memory-bank``, :class:`~.memory_bank.MemoryBankStage`.
 - :mod:`.pseudo`: stage 4, per-class percentile pseudo labels.
 - :mod:`.selftrain`: stage 5, :class:`~.selftrain.SelfTrainingStage` (CE on pseudo labels).
+- :mod:`.daformer`: ``--recipe daformer``, :class:`~.daformer.DAFormerStage` (DAFormer/MIC online
+  self-training with an optional prototype contrast; its pieces in :mod:`.daformer_ops`).
 - :mod:`.base`: the supervised loss and the step context every training stage builds.
 
 No stage imports another; the pipeline (:mod:`proca.engine.train`) picks the adaptation stage from
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from proca.engine.context import RunContext
 from proca.engine.stages.adapt import ProcaStage, proca_train_step
 from proca.engine.stages.base import supervised_loss, train_stage
+from proca.engine.stages.daformer import DAFormerStage
 from proca.engine.stages.memory_bank import MemoryBankStage, memory_bank_train_step
 from proca.engine.stages.prototypes import init_prototypes, load_prototypes, run_prototype_stage, save_prototypes
 from proca.engine.stages.pseudo import run_pseudo_label_stage
@@ -34,6 +37,7 @@ ADAPTATION_METHODS: dict[str, Callable[[RunContext], TrainingStage]] = {
 
 __all__ = [
     "ADAPTATION_METHODS",
+    "DAFormerStage",
     "MemoryBankStage",
     "ProcaStage",
     "SelfTrainingStage",

@@ -19,7 +19,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     so the thresholds cover the whole split. The labels are written into ``RUN/pseudo_labels.partial``
     and renamed when complete, so an interrupted stage leaves no folder that looks finished.
     """
-    from proca.data.datasets import CityscapesDataset
+    from proca.data.registry import open_target_images
     from proca.engine.pseudo_label import generate_pseudo_labels, label_manifest
 
     section = ctx.cfg.pseudo_label
@@ -30,7 +30,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
         shutil.rmtree(partial)
     barrier()
     model = build_stage_model(ctx, init).to(ctx.device).eval()
-    dataset = CityscapesDataset(ctx.data_root / "cityscapes", split="train", class_set=ctx.class_set, labels=False)
+    dataset = open_target_images(ctx.cfg.tgt, ctx.data_root, class_set=ctx.class_set)
     manifest = None
     if ctx.is_main:  # what ``proca pseudo-label`` compares before labelling into this folder again
         manifest = label_manifest(

@@ -41,7 +41,7 @@ class SelfTrainingStage(TrainingStage):
     name = "ssl"
 
     def __init__(self, ctx: RunContext) -> None:
-        from proca.data.datasets import PseudoLabelDataset
+        from proca.data.registry import open_pseudo_labelled
         from proca.data.transforms import self_training_transform
 
         self.ctx = ctx
@@ -58,9 +58,7 @@ class SelfTrainingStage(TrainingStage):
         transform = self_training_transform(
             section.scale_reference, scale=section.scale, crop=section.input_size, jitter=section.color_jitter
         )
-        dataset = PseudoLabelDataset(
-            ctx.data_root / "cityscapes", labels, split="train", class_set=ctx.class_set, transform=transform
-        )
+        dataset = open_pseudo_labelled(ctx.cfg.tgt, ctx.data_root, labels, class_set=ctx.class_set, transform=transform)
         fetch = uniform_stream(len(dataset), seed=ctx.cfg.seed, stream=STREAM_IDS["ssl"])
         self.stream = Stream(dataset, fetch, STREAM_IDS["ssl"])
 
