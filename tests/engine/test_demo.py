@@ -130,3 +130,8 @@ def test_json_reuse_matches_the_budget(tmp_path: Path) -> None:
     (tmp_path / "demo.json").write_text(json.dumps({"final_miou": 25.0}))  # written before --quick existed
     assert demo._finished_summary(tmp_path, quick=False) == {"final_miou": 25.0}
     assert demo._finished_summary(tmp_path / "none", quick=False) is None
+
+
+def test_quick_is_refused_with_the_daformer_recipe(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--quick", "--recipe", "daformer", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "--quick" in result.output and not (tmp_path / "d").exists()
