@@ -557,13 +557,19 @@ def pseudo_label(
     input_size: SizeOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Label again into an --out that holds other (or the same) pseudo labels.")
+    ] = False,
 ) -> None:
     """Write pseudo labels for the target split with per-class percentile thresholds.
 
+    An --out holding the same checkpoint's labels with the same settings is up to date (nothing to do).
+
+    An --out holding other pseudo labels is refused unless --force.
+
     Examples:
 
-    proca pseudo-label runs/x/proca.safetensors --out runs/x/pseudo_labels
+    proca pseudo-label runs/x/proca.safetensors --out runs/x/pseudo_last
     proca pseudo-label CKPT --data-root datasets --out pl --percent 0.5
     """
     with _user_errors():
@@ -823,6 +829,10 @@ def demo(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, metavar="N", help="CPU threads for torch (default: all).")
     ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="The same five stages at a smaller budget: about 3 minutes on 2 CPU cores."),
+    ] = False,
     recipe: Annotated[
         Recipe,
         typer.Option("--recipe", help="proca: the five stages; daformer: source-only vs DAFormer self-training."),
@@ -830,21 +840,28 @@ def demo(
 ) -> None:
     """The whole recipe on built-in synthetic scenes, on the CPU, in a few minutes.
 
+    Prints the estimated total time once the first iterations are measured, then at each stage start.
+
     Examples:
 
     proca demo
+    proca demo --quick
     proca demo --out proca-demo --seed 1 --json demo.json
     proca demo --threads 2
     """
     with _user_errors():
         if recipe == Recipe.daformer:
+            if quick:
+                from proca.errors import ConfigError
+
+                raise ConfigError("--quick is the proca recipe's smaller budget; leave it out with --recipe daformer.")
             from proca.engine.demo_daformer import run_daformer_demo
 
             run_daformer_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
             return
         from proca.engine.demo import run_demo
 
-        run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads)
+        run_demo(out=out, seed=seed, json_path=json_path, force=force, threads=threads, quick=quick)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ class RunContext:
         progress: show progress bars (rank 0).
         label_info: path of the source label info (set by the driver before the source stages).
         results: per-stage validation results the driver collects (``{"source": {...}}``).
+        clock: the whole run's :class:`~proca.engine.runclock.RunClock` (stage k/N, elapsed, ETA); None: none.
         skip_bad: ``--skip-bad``: source pairs the label info left out (unreadable, image/label sizes differ)
             are not trained on, also without class-balanced sampling.
     """
@@ -44,6 +45,7 @@ class RunContext:
     progress: bool = True
     label_info: Path | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clock: Any = None
     skip_bad: bool = False
 
     @property

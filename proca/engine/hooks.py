@@ -23,6 +23,7 @@ from proca.errors import CheckpointError, ConfigError, ProcaError
 
 __all__ = [
     "CheckpointHook",
+    "EstimateHook",
     "EvalHook",
     "LRScheduleHook",
     "LoggingHook",
@@ -46,6 +47,50 @@ class LRScheduleHook(Hook):
             schedule = LRSchedule(section.lr, section.schedule_length, section.poly_power)
         trainer.lr = schedule(iteration)
         set_lr(trainer.stage.sc.optimizer, trainer.lr)
+
+
+class EstimateHook(Hook):
+    """Measures the stage's seconds per iteration and reports them to the run's clock (:mod:`proca.engine.runclock`).
+
+    A step is timed from the first hook's ``before_step`` (this hook runs right after :class:`ResumeHook`) to
+    this hook's ``after_step``, so validation and checkpoints (later hooks) are not in it. The first
+    ``warmup`` steps of the stage are not counted (one-off start-up costs); after ``measure`` counted steps the
+    clock gets the mean, and again every ``measure`` steps and at the end.
+
+    Args:
+        clock: the run's :class:`~proca.engine.runclock.RunClock`.
+        warmup: steps left out at the start of the stage.
+        measure: counted steps between reports.
+        timer: the time source (seconds).
+    """
+
+    def __init__(self, clock: Any, *, warmup: int = 1, measure: int = 3, timer: Any = time.perf_counter) -> None:
+        self.clock = clock
+        self.warmup = warmup
+        self.measure = measure
+        self.timer = timer
+        self.seen = 0
+        self.counted = 0
+        self.seconds = 0.0
+        self.began = 0.0
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.seen, self.counted, self.seconds = 0, 0, 0.0
+
+    def before_step(self, trainer: Trainer, iteration: int) -> None:
+        self.began = self.timer()
+
+    def after_step(self, trainer: Trainer) -> None:
+        spent = self.timer() - self.began
+        self.seen += 1
+        if self.seen <= self.warmup:
+            if trainer.iteration == trainer.total:  # a stage no longer than its warm-up: its steps as they were
+                self.clock.steps_measured(trainer.stage.name, spent, trainer.iteration)
+            return
+        self.counted += 1
+        self.seconds += spent
+        if self.counted % self.measure == 0 or trainer.iteration == trainer.total:
+            self.clock.steps_measured(trainer.stage.name, self.seconds / self.counted, trainer.iteration)
 
 
 class NonFiniteGuard(Hook):
@@ -292,10 +337,12 @@ class RankSyncHook(Hook):
 
 
 def default_hooks(ctx: RunContext) -> list[Hook]:
-    """The hooks of every training stage, in the order they run."""
+    """The hooks of every training stage, in the order they run (:class:`EstimateHook` when the run has a clock)."""
     cfg = ctx.cfg
+    clock = getattr(ctx, "clock", None)
     return [
         ResumeHook(),
+        *([EstimateHook(clock)] if clock is not None else []),
         LRScheduleHook(),
         NonFiniteGuard(cfg.max_nonfinite),
         LoggingHook(cfg.log_every),

@@ -39,8 +39,11 @@ __all__ = [
     "ConfidenceHistogram",
     "PseudoLabelStats",
     "apply_thresholds",
+    "check_label_folder",
     "exact_thresholds",
+    "file_sha256",
     "generate_pseudo_labels",
+    "label_manifest",
     "pseudo_label_path",
 ]
 
@@ -203,6 +206,85 @@ class PseudoLabelStats:
         }
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def label_manifest(
+    checkpoint: str | os.PathLike[str],
+    *,
+    split: str,
+    num_images: int,
+    class_set: str,
+    percent: float,
+    cap: float,
+    input_size: tuple[int, int] | list[int] | None,
+    bins: int = 10_000,
+) -> dict[str, Any]:
+    """What determines a folder of pseudo labels: the checkpoint's SHA-256 and the labelling settings.
+
+    Stored as ``manifest`` in the folder's ``thresholds.json``; :func:`check_label_folder` compares it.
+    """
+    return {
+        "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "split": split,
+        "num_images": int(num_images),
+        "class_set": class_set,
+        "percent": float(percent),
+        "cap": float(cap),
+        "bins": int(bins),
+        "input_size": None if input_size is None else [int(v) for v in input_size],
+    }
+
+
+def check_label_folder(out: str | os.PathLike[str], manifest: dict[str, Any]) -> bool:
+    """The rule for an ``--out`` folder that already holds files.
+
+    Returns True when ``out`` holds finished pseudo labels of the same checkpoint (SHA-256) and settings
+    (nothing to do), False when it does not exist or is empty (label it).
+
+    Raises:
+        ConfigError: ``out`` is a file, holds other files, or the pseudo labels of another checkpoint or
+            other settings (one line naming what differs and ``--force``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    earlier: Any = None
+    if (out / THRESHOLDS_FILE).is_file():
+        import json
+
+        try:
+            earlier = json.loads((out / THRESHOLDS_FILE).read_text(encoding="utf-8")).get("manifest")
+        except (ValueError, AttributeError):
+            earlier = None
+    if not isinstance(earlier, dict):
+        raise ConfigError(f"--out {out} exists and is not empty; pass --force to overwrite its pseudo labels.")
+    differ = [key for key in manifest if key != "checkpoint" and earlier.get(key) != manifest[key]]
+    if not differ:
+        return True
+    what = ", ".join(
+        f"checkpoint {earlier.get('checkpoint')} -> {manifest['checkpoint']} (another SHA-256)"
+        if key == "checkpoint_sha256"
+        else f"{key} {earlier.get(key)} -> {manifest[key]}"
+        for key in differ
+    )
+    raise ConfigError(
+        f"--out {out} holds pseudo labels made differently ({what}); pass --force to replace them, "
+        "or choose another --out."
+    )
+
+
 def pseudo_label_path(out_dir: str | os.PathLike[str], name: str) -> Path:
     """``out_dir/<name>.png`` with the dataset's ``name`` (``"<city>/<city>_<seq>_<frame>"`` for Cityscapes),
     the layout :class:`proca.data.PseudoLabelDataset` reads."""
@@ -235,6 +317,7 @@ def generate_pseudo_labels(
     cache_bytes: int = 1 << 30,
     num_workers: int | None = None,
     distributed: bool = False,
+    manifest: dict[str, Any] | None = None,
 ) -> PseudoLabelStats:
     """Label a target split with per-class percentile thresholds; write train-id PNGs and ``thresholds.json``.
 
@@ -256,6 +339,8 @@ def generate_pseudo_labels(
         num_workers: loader processes (default: a few on CUDA, none on CPU; never more than the CPUs this
             process may use).
         distributed: under an initialised process group, label this rank's share and all-reduce histograms.
+        manifest: what made the labels (:func:`label_manifest`), stored in ``thresholds.json`` so that a later
+            run into the same folder can tell whether they are up to date (:func:`check_label_folder`).
 
     Returns:
         :class:`PseudoLabelStats`, also written to ``out_dir/thresholds.json``.
@@ -352,6 +437,7 @@ def generate_pseudo_labels(
         bins=bins,
         out_dir=str(out),
         quality=quality,
+        info={} if manifest is None else {"manifest": manifest},
     )
     if rank == 0:
         from proca.io import atomic_write_json

@@ -47,6 +47,7 @@ from proca.engine.launch import (
     launch_torchrun,
     torchrun_command,
 )
+from proca.engine.runclock import RunClock, budgets_for, count_images
 from proca.engine.runfolder import (
     FINAL_OUTPUTS,
     INPUTS_FILE,
@@ -254,13 +255,15 @@ def run_pipeline(
     backbone_weights: Path | None = None,
     progress: bool = True,
     skip_bad: bool = False,
+    clock: RunClock | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``stages`` in order in ``run_dir`` (skipping those whose final output exists).
 
     The run folder must already be checked (see :func:`run_train`); this writes ``config.json`` and
     ``results.json`` there and returns the results: per stage ``miou`` (last validation),
     ``best_miou``, ``best_iteration``, ``seconds`` (only for stages run now; earlier ones are read back
-    from ``results.json``).
+    from ``results.json``). At each stage start a line gives ``stage k/N``, the elapsed time and the
+    estimated time left (``clock``; default: one over the stages to run, images counted in ``data_root``).
     """
     from proca.engine.context import RunContext
 
@@ -274,6 +277,12 @@ def run_pipeline(
         progress=progress,
         skip_bad=skip_bad,
     )
+    if clock is None:
+        todo = [s for s in stages if not (run_dir / FINAL_OUTPUTS[s]).exists()]
+        if cfg.method == "memory-bank":
+            todo = [s for s in todo if s != "prototypes"]
+        clock = RunClock(budgets_for(cfg, todo, count_images(data_root, cfg.src)), say=ctx.say)
+    ctx.clock = clock
     results_path = run_dir / "results.json"
     results: dict[str, dict[str, Any]] = {}
     if results_path.is_file():
@@ -297,16 +306,19 @@ def run_pipeline(
         if (run_dir / FINAL_OUTPUTS[stage]).exists():
             ctx.say(f"[dim]{stage}: {run_dir / FINAL_OUTPUTS[stage]} exists, skipped[/]")
             continue
-        ctx.say(f"[bold]{stage}[/]")
+        clock.stage_started(stage)
         start = time.perf_counter()
         entry = _run_stage(ctx, stage, skip_bad)
         entry["seconds"] = round(time.perf_counter() - start, 2)
+        clock.stage_finished(stage)
         results[stage] = entry
         if ctx.is_main:
             atomic_write_json(results_path, results)
             if "miou" in entry and entry["miou"] is not None:
                 ctx.say(f"{stage}: mIoU {entry['miou']:.2f} (best {entry['best_miou']:.2f}) in {entry['seconds']} s")
         barrier()
+    if len(clock.done) > 1:
+        ctx.say(clock.finished_line())
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -191,9 +192,30 @@ def test_cli_pseudo_label_round_trip(tmp_path: Path) -> None:
 
     ds = PseudoLabelDataset(data, out, split="train", class_set=CITYSCAPES_19)
     assert ds[0]["label"].shape == (32, 64)
-    again = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out)])
-    assert again.exit_code == 2 and "--force" in again.output
     first = {p.name: p.read_bytes() for p in out.rglob("*.png")}
+    manifest = json.loads((out / "thresholds.json").read_text())["manifest"]
+    assert manifest["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert manifest["percent"] == 0.6 and manifest["input_size"] == [16, 32] and manifest["num_images"] == 2
+    stamp = (out / "thresholds.json").stat().st_mtime_ns
+    # the same checkpoint and settings into the same folder: up to date, nothing rewritten
+    again = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out)])
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
+    assert (out / "thresholds.json").stat().st_mtime_ns == stamp
+    # other settings, or another checkpoint: refused in one line naming what differs and --force
+    other = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(out),
+                                "--percent", "0.5"])  # fmt: skip
+    assert other.exit_code == 2 and "percent 0.6 -> 0.5" in other.output and "--force" in other.output
+    ckpt2 = tmp_path / "m2.safetensors"
+    save_model(build_model("deeplabv2_resnet18", num_classes=19), ckpt2, metadata={"eval_input_size": [16, 32]})
+    moved = runner.invoke(app, ["pseudo-label", str(ckpt2), "--data-root", str(data), "--out", str(out)])
+    assert moved.exit_code == 2 and "another SHA-256" in moved.output and "--force" in moved.output
+    assert (out / "thresholds.json").stat().st_mtime_ns == stamp
+    # a non-empty folder that is not one of proca's pseudo-label folders: refused as before
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    refused = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(data), "--out", str(foreign)])
+    assert refused.exit_code == 2 and "not empty" in refused.output and "--force" in refused.output
     # --data-root may also name the datasets folder holding cityscapes/ (as proca train does): same labels.
     forced = runner.invoke(app, ["pseudo-label", str(ckpt), "--data-root", str(tmp_path), "--out", str(out), "--force"])
     assert forced.exit_code == 0, forced.output

@@ -191,6 +191,15 @@ def test_whole_recipe_through_the_cli(synth: Path, tmp_path: Path) -> None:
     assert steps[-1]["event"] == "eval" and 0 <= steps[-1]["miou"] <= 100
     results = json.loads((run / "results.json").read_text())
     assert set(results) == {"source", "prototypes", "proca", "pseudo-label", "ssl"}
+    assert "stage 5/5 ssl" in result.output and "all 5 stages done" in result.output  # the whole-run line
+    # proca pseudo-label into the recipe's folder: the checkpoint it used -> up to date; other settings -> refused
+    used = run / str(results["pseudo-label"]["checkpoint"])
+    label = ["pseudo-label", str(used), "--data-root", str(synth), "--out", str(run / "pseudo_labels")]
+    label += ["--device", "cpu"]
+    same = runner.invoke(app, label)
+    assert same.exit_code == 0 and "up to date" in same.output, same.output
+    other = runner.invoke(app, [*label, "--percent", "0.5"])
+    assert other.exit_code == 2 and "--force" in other.output, other.output
 
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output

@@ -7,7 +7,7 @@ from pathlib import Path
 from proca.data.classes import ClassSet
 from proca.engine.device import resolve_device
 from proca.engine.predict import eval_input_size, load_for_inference
-from proca.engine.pseudo_label import PseudoLabelStats, generate_pseudo_labels
+from proca.engine.pseudo_label import PseudoLabelStats, check_label_folder, generate_pseudo_labels, label_manifest
 from proca.errors import ConfigError
 
 __all__ = ["run_pseudo_label"]
@@ -26,12 +26,20 @@ def run_pseudo_label(
     batch_size: int = 1,
     force: bool = False,
     progress: bool = True,
-) -> PseudoLabelStats:
+) -> PseudoLabelStats | None:
     """``proca pseudo-label``: label a Cityscapes split with a checkpoint; print the per-class thresholds.
+
+    The rule for an ``--out`` that already holds pseudo labels (the recipe's ``RUN/pseudo_labels`` or an
+    earlier ``proca pseudo-label``): their ``thresholds.json`` records the checkpoint's SHA-256 and the
+    settings that determine the labels (split, image count, classes, percent, cap, bins, input size). The
+    same ones: nothing to do (returns None). Others: refused, naming what differs and ``--force``.
 
     Args:
         data_root: the datasets folder holding ``cityscapes/``, or the Cityscapes folder itself (see
             :func:`proca.data.cityscapes_root`).
+
+    Returns:
+        The new labels' statistics; None when ``out`` already held them (up to date).
     """
     from proca.data.datasets import CityscapesDataset, cityscapes_root
     from proca.data.transforms import test_transform
@@ -41,8 +49,6 @@ def run_pseudo_label(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the pseudo labels.")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out} exists and is not empty; pass --force to overwrite its pseudo labels.")
     check_writable(out, "--out", folder=True)
     CityscapesDataset(city_root, split=split, labels=False)  # every image is there, before the model loads
     dev = resolve_device(device)
@@ -55,6 +61,23 @@ def run_pseudo_label(
         transform=test_transform(size),
         labels=_has_labels(city_root, split),
     )
+    manifest = label_manifest(
+        checkpoint,
+        split=split,
+        num_images=len(dataset),
+        class_set=class_set.name,
+        percent=percent,
+        cap=cap,
+        input_size=size,
+    )
+    if not force and check_label_folder(out, manifest):
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(
+            f"{out} already holds the pseudo labels of {Path(checkpoint).name} with these settings: up to date, "
+            "nothing to do (--force labels again)"
+        )
+        return None
     stats = generate_pseudo_labels(
         model,
         dataset,
@@ -66,6 +89,7 @@ def run_pseudo_label(
         device=dev,
         batch_size=batch_size,
         progress=progress,
+        manifest=manifest,
     )
     _print_stats(stats, class_set)
     return stats

@@ -20,7 +20,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     and renamed when complete, so an interrupted stage leaves no folder that looks finished.
     """
     from proca.data.registry import open_target_images
-    from proca.engine.pseudo_label import generate_pseudo_labels
+    from proca.engine.pseudo_label import generate_pseudo_labels, label_manifest
 
     section = ctx.cfg.pseudo_label
     init = stage_checkpoint(ctx, "proca", section.init_from, key="pseudo_label.init_from")
@@ -31,6 +31,17 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     barrier()
     model = build_stage_model(ctx, init).to(ctx.device).eval()
     dataset = open_target_images(ctx.cfg.tgt, ctx.data_root, class_set=ctx.class_set)
+    manifest = None
+    if ctx.is_main:  # what ``proca pseudo-label`` compares before labelling into this folder again
+        manifest = label_manifest(
+            init,
+            split="train",
+            num_images=len(dataset),
+            class_set=ctx.class_set.name,
+            percent=section.percent,
+            cap=section.cap,
+            input_size=section.input_size,
+        )
     stats = generate_pseudo_labels(
         model,
         dataset,
@@ -44,6 +55,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
         progress=ctx.progress and ctx.is_main,
         num_workers=0 if ctx.device.type == "cpu" else None,
         distributed=ctx.dist.distributed,
+        manifest=manifest,
     )
     barrier()
     if ctx.is_main:
