@@ -549,7 +549,18 @@ def pseudo_label(
     checkpoint: CkptArg,
     out: Annotated[Path, typer.Option("--out", help="Folder for train-id PNGs and thresholds.json.")],
     data_root: DataRootOpt = Path("datasets"),
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Cityscapes split to label.")] = "train",
+    tgt: Annotated[
+        str,
+        typer.Option(
+            "--tgt",
+            metavar="TARGET",
+            help="Images to label, as for proca train: a built-in dataset, a dataset card, or a folder (or glob).",
+        ),
+    ] = "cityscapes",
+    split: Annotated[
+        str | None,
+        typer.Option("--split", metavar="SPLIT", help="Split of a built-in --tgt (default: its training split)."),
+    ] = None,
     percent: Annotated[
         float, typer.Option("--percent", min=0.0, max=1.0, help="Per-class confidence percentile.")
     ] = 0.6,
@@ -561,7 +572,7 @@ def pseudo_label(
         bool, typer.Option("--force", help="Label again into an --out that holds other (or the same) pseudo labels.")
     ] = False,
 ) -> None:
-    """Write pseudo labels for the target split with per-class percentile thresholds.
+    """Write pseudo labels for the target's images with per-class percentile thresholds.
 
     An --out holding the same checkpoint's labels with the same settings is up to date (nothing to do).
 
@@ -571,6 +582,7 @@ def pseudo_label(
 
     proca pseudo-label runs/x/proca.safetensors --out runs/x/pseudo_last
     proca pseudo-label CKPT --data-root datasets --out pl --percent 0.5
+    proca pseudo-label runs/x/proca.safetensors --tgt my_footage/ --out pl_footage
     """
     with _user_errors():
         _existing_checkpoint(checkpoint)
@@ -579,6 +591,7 @@ def pseudo_label(
         run_pseudo_label(
             checkpoint,
             data_root=data_root,
+            tgt=tgt,
             split=split,
             out=out,
             percent=percent,

@@ -227,14 +227,16 @@ def label_manifest(
     cap: float,
     input_size: tuple[int, int] | list[int] | None,
     bins: int = 10_000,
+    target: str = "cityscapes",
 ) -> dict[str, Any]:
-    """What determines a folder of pseudo labels: the checkpoint's SHA-256 and the labelling settings.
+    """What determines a folder of pseudo labels: the checkpoint's SHA-256, the target and the labelling settings.
 
     Stored as ``manifest`` in the folder's ``thresholds.json``; :func:`check_label_folder` compares it.
     """
     return {
         "checkpoint": Path(checkpoint).name,
         "checkpoint_sha256": file_sha256(checkpoint),
+        "target": target,
         "split": split,
         "num_images": int(num_images),
         "class_set": class_set,

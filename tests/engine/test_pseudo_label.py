@@ -286,3 +286,28 @@ def test_distributed_sharding_equals_one_process(tmp_path: Path) -> None:
         assert np.array_equal(
             np.array(Image.open(tmp_path / "one" / rel)), np.array(Image.open(tmp_path / "two" / rel))
         )
+
+
+def test_cli_pseudo_label_of_a_folder_of_photos(tmp_path: Path) -> None:
+    from proca.models import build_model, save_model
+
+    footage = tmp_path / "footage"
+    rng = np.random.default_rng(1)
+    for rel, size in (("day1/a.jpg", (40, 60)), ("day2/a.jpg", (30, 50)), ("b.png", (36, 64))):
+        (footage / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(footage / rel)
+    ckpt = tmp_path / "m.safetensors"
+    save_model(build_model("deeplabv2_resnet18", num_classes=19), ckpt, metadata={"eval_input_size": [16, 32]})
+    out = tmp_path / "pl"
+    args = ["pseudo-label", str(ckpt), "--tgt", str(footage), "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # named as the recipe names them: the path under the folder, nested folders kept, each at its image's size
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert names == ["b.png", "day1/a.png", "day2/a.png"]
+    assert Image.open(out / "day2" / "a.png").size == (50, 30)
+    manifest = json.loads((out / "thresholds.json").read_text())["manifest"]
+    assert manifest["target"] == str(footage.resolve()) and manifest["num_images"] == 3
+    assert runner.invoke(app, args).exit_code == 0  # up to date
+    result = runner.invoke(app, [*args, "--split", "val"])
+    assert result.exit_code == 2 and "--split applies to a built-in --tgt" in result.output

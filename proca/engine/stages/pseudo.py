@@ -20,6 +20,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     and renamed when complete, so an interrupted stage leaves no folder that looks finished.
     """
     from proca.data.registry import open_target_images
+    from proca.data.targets import canonical_spec
     from proca.engine.pseudo_label import generate_pseudo_labels, label_manifest
 
     section = ctx.cfg.pseudo_label
@@ -36,6 +37,7 @@ def run_pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
         manifest = label_manifest(
             init,
             split="train",
+            target=canonical_spec(ctx.cfg.tgt),
             num_images=len(dataset),
             class_set=ctx.class_set.name,
             percent=section.percent,
