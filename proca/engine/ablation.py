@@ -442,6 +442,8 @@ def run_ablation(
             "shift": shift, "class_shift": class_shift, "num_train": budget.num_train, "num_val": budget.num_val,
             "size": list(budget.size), "base": "proca.engine.demo.DEMO_OVERRIDES",
             "budget_overrides": budget.all_overrides(), "device": str(sweep.device),
+            "daformer_base": "proca.engine.demo_daformer.DAFORMER_DEMO_OVERRIDES",
+            "daformer_budget_overrides": budget.all_daformer_overrides(),
             "threads": torch.get_num_threads(), "source_from": str(shared) if shared else None,
         },
     }  # fmt: skip
