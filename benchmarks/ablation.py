@@ -1,7 +1,8 @@
-"""Ablation table over seeds on the synthetic scenes: source only, AdaBN, the ProCA stage's variants, self-training.
+"""Ablation table over seeds on the synthetic scenes: source only, AdaBN, ProCA stage variants, self-training, DAFormer.
 
 Every row goes through the product path (:func:`proca.engine.train.run_pipeline`, the code of
-``proca train --stage``), each adaptation row starting from the seed's one source model; see
+``proca train --stage``), each ProCA adaptation row starting from the seed's one source model and each DAFormer
+row (``--rows 7,8,9,10``) training its own ``daformer_mit_b0`` in the ``daformer`` stage; see
 :mod:`proca.engine.ablation` and docs/ablation.md (the measured tables and what they show).
 
 Usage::
@@ -18,6 +19,7 @@ the same ``--work`` reads finished rows back (an interrupted sweep continues).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=None, help="comma-separated row numbers, 0-based (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--daformer-iters", type=int, default=None,
+        help="iterations of the DAFormer rows (default: the budget's daformer.iters, 150)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the markdown table here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,12 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    budget = DEFAULT_BUDGET
+    if args.daformer_iters is not None:
+        if args.daformer_iters <= 0:
+            print(f"error: --daformer-iters {args.daformer_iters}: give a positive count", file=sys.stderr)
+            return 2
+        kept = tuple(o for o in budget.daformer_overrides if not o.startswith("daformer.iters="))
+        budget = dataclasses.replace(budget, daformer_overrides=(*kept, f"daformer.iters={args.daformer_iters}"))
     rows = ABLATION_ROWS if args.rows is None else tuple(ABLATION_ROWS[int(i)] for i in args.rows.split(","))
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     start = time.perf_counter()
     try:
         summary = run_ablation(
-            args.work, seeds=seeds, rows=rows, budget=DEFAULT_BUDGET, shift=args.shift,
+            args.work, seeds=seeds, rows=rows, budget=budget, shift=args.shift,
             class_shift=args.class_shift, device=args.device, progress=not args.no_progress,
             source_from=args.source_from,
         )  # fmt: skip

@@ -48,7 +48,9 @@ class AblationRow:
         name: the row's label.
         kind: ``source`` (the source-only model), ``adabn`` (it, with BatchNorm statistics re-estimated on the
             target train images), ``proca`` (the adaptation stage from the source model) or ``ssl`` (pseudo
-            labels and self-training after the ``proca`` row named ``after``).
+            labels and self-training after the ``proca`` row named ``after``) or ``daformer`` (the ``daformer``
+            stage, a MiT network trained from random init on the same scenes; the base config is
+            :data:`proca.engine.demo_daformer.DAFORMER_DEMO_OVERRIDES` plus the budget's ``daformer_overrides``).
         overrides: config keys set for this row, on top of the base config (``key=value``, as ``--set``).
         after: for ``ssl`` rows, the ``proca`` row whose model is labelled and fine-tuned.
     """
@@ -76,8 +78,14 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
     AblationRow("ProCA stage, tau 0.1 (demo)", "proca", ()),
     AblationRow("memory bank", "proca", ("method=memory-bank",)),
     AblationRow("ProCA tau 0.1 + self-training", "ssl", (), after="ProCA stage, tau 0.1 (demo)"),
+    AblationRow("DAFormer source only", "daformer", ("daformer.source_only=true",)),
+    AblationRow("DAFormer, prototype_contrast=none", "daformer", ("daformer.prototype_contrast=none",)),
+    AblationRow("DAFormer, prototype_contrast=prototype", "daformer", ("daformer.prototype_contrast=prototype",)),
+    AblationRow("DAFormer, prototype_contrast=distribution", "daformer", ("daformer.prototype_contrast=distribution",)),
 )
-"""The rows of the table (the base config already has the demo's tau 0.1 and lambda 0.1)."""
+"""The rows of the table. The ProCA rows' base config already has the demo's tau 0.1 and lambda 0.1; the
+DAFormer rows' base is the DAFormer demo's (``daformer_mit_b0`` from random init, the contrast's defaults:
+weight 1, temperature 50)."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +97,14 @@ class AblationBudget:
         num_val: synthetic target val images (the reported mIoU).
         size: (H, W) the scenes are rendered and trained at.
         overrides: config keys set on top of the demo config for every row (stage lengths, sizes).
+        daformer_overrides: keys set on top of those for the ``daformer`` rows only (their length, crops).
     """
 
     num_train: int = 80
     num_val: int = 30
     size: tuple[int, int] = (64, 128)
     overrides: tuple[str, ...] = ()
+    daformer_overrides: tuple[str, ...] = ()
 
     def all_overrides(self) -> list[str]:
         """The budget's keys: every size set to ``size``, then ``overrides``."""
@@ -102,6 +112,13 @@ class AblationBudget:
         sizes = ["source.input_size", "prototypes.input_size", "proca.source_size", "proca.target_size",
                  "pseudo_label.input_size", "ssl.input_size", "ssl.scale_reference", "eval.input_size"]  # fmt: skip
         return [f"{key}=[{h}, {w}]" for key in sizes] + list(self.overrides)
+
+    def all_daformer_overrides(self) -> list[str]:
+        """The ``daformer`` rows' budget keys: :meth:`all_overrides`, the ``daformer`` sizes set to ``size``, then
+        ``daformer_overrides``."""
+        h, w = self.size
+        sizes = [f"daformer.{key}=[{h}, {w}]" for key in ("source_size", "target_size")]
+        return [*self.all_overrides(), *sizes, *self.daformer_overrides]
 
 
 DEFAULT_BUDGET = AblationBudget(
@@ -112,9 +129,17 @@ DEFAULT_BUDGET = AblationBudget(
         "proca.poly_iters=50",
         "ssl.iters=30",
         "ssl.poly_iters=30",
-    )
+    ),
+    daformer_overrides=(
+        "daformer.iters=150",
+        "daformer.crop_size=[64, 64]",
+        "daformer.pseudo_ignore_top=2",
+        "daformer.rcs_min_pixels=133",
+    ),
 )
-"""The sweep of docs/ablation.md: the demo's recipe at 64x128 with shorter stages (a shared 2-core CPU)."""
+"""The sweep of docs/ablation.md: the demo's recipe at 64x128 with shorter stages (a shared 2-core CPU). The
+DAFormer rows keep the DAFormer demo's 150 iterations and scale its 96x192 crop settings to 64x128 (crops of
+64x64, 2 of 64 top rows without pseudo weight, the rare-class pixel count scaled by the area)."""
 
 
 @dataclass
@@ -134,6 +159,14 @@ def _config(seed: int, overrides: Sequence[str]) -> Any:
     from proca.engine.demo import DEMO_OVERRIDES
 
     base = [f"{k}={json.dumps(v)}" for k, v, _ in DEMO_OVERRIDES]
+    return resolve_config("gtav", "cityscapes", overrides=[*base, *overrides], seed=seed)
+
+
+def _daformer_config(seed: int, overrides: Sequence[str]) -> Any:
+    from proca.config import resolve_config
+    from proca.engine.demo_daformer import DAFORMER_DEMO_OVERRIDES
+
+    base = [f"{k}={json.dumps(v)}" for k, v, _ in DAFORMER_DEMO_OVERRIDES]
     return resolve_config("gtav", "cityscapes", overrides=[*base, *overrides], seed=seed)
 
 
@@ -253,11 +286,13 @@ def _run_seed(sweep: _Sweep, seed: int, rows: Sequence[AblationRow]) -> dict[str
     if sweep.source_from is not None:
         _share_source(sweep, seed, data, seed_dir)
     base_cfg = _config(seed, base_overrides)
-    sweep.say(f"seed {seed}: source model (trained once for every row) in {source_dir}")
-    if sweep.source_from is None:
-        source = _pipeline(base_cfg, source_dir, data, ["source", "prototypes"], sweep)
-    else:  # trained by the other sweep: read, never written here
-        source = json.loads((source_dir / "results.json").read_text(encoding="utf-8"))
+    source: dict[str, Any] = {}
+    if any(row.kind != "daformer" for row in rows):  # the daformer rows train their own network
+        sweep.say(f"seed {seed}: source model (trained once for every row) in {source_dir}")
+        if sweep.source_from is None:
+            source = _pipeline(base_cfg, source_dir, data, ["source", "prototypes"], sweep)
+        else:  # trained by the other sweep: read, never written here
+            source = json.loads((source_dir / "results.json").read_text(encoding="utf-8"))
     out: dict[str, dict[str, Any]] = {}
     by_name = {row.name: row for row in rows}
     for row in rows:
@@ -267,8 +302,15 @@ def _run_seed(sweep: _Sweep, seed: int, rows: Sequence[AblationRow]) -> dict[str
             out[row.name] = {"miou": _source_row(sweep, base_cfg, source_dir, data, seed_dir / row.slug),
                              "seconds": source["source"].get("seconds")}  # fmt: skip
             continue
-        cfg = _config(seed, [*base_overrides, *row.overrides])
         row_dir = seed_dir / row.slug
+        if row.kind == "daformer":
+            # its own network (daformer_mit_b0 from random init): the ResNet source model does not apply
+            cfg = _daformer_config(seed, [*sweep.budget.all_daformer_overrides(), *row.overrides])
+            result = _pipeline(cfg, row_dir, data, ["daformer"], sweep)["daformer"]
+            out[row.name] = {"miou": result["miou"], "seconds": result.get("seconds")}
+            sweep.say(f"seed {seed}: {row.name}: mIoU {out[row.name]['miou']:.2f}")
+            continue
+        cfg = _config(seed, [*base_overrides, *row.overrides])
         if row.kind == "adabn":
             out[row.name] = _adabn_row(sweep, cfg, source_dir, data, row_dir)
         elif row.kind == "proca":
@@ -286,7 +328,9 @@ def _run_seed(sweep: _Sweep, seed: int, rows: Sequence[AblationRow]) -> dict[str
             seconds = [result[s].get("seconds") or 0.0 for s in ("pseudo-label", "ssl")]
             out[row.name] = {"miou": result["ssl"]["miou"], "seconds": round(sum(seconds), 2)}
         else:
-            raise ConfigError(f"ablation row {row.name!r}: unknown kind {row.kind!r} (source, adabn, proca, ssl)")
+            raise ConfigError(
+                f"ablation row {row.name!r}: unknown kind {row.kind!r} (source, adabn, proca, ssl, daformer)"
+            )
         sweep.say(f"seed {seed}: {row.name}: mIoU {out[row.name]['miou']:.2f}")
     return out
 
@@ -397,6 +441,8 @@ def run_ablation(
             "shift": shift, "class_shift": class_shift, "num_train": budget.num_train, "num_val": budget.num_val,
             "size": list(budget.size), "base": "proca.engine.demo.DEMO_OVERRIDES",
             "budget_overrides": budget.all_overrides(), "device": str(sweep.device),
+            "daformer_base": "proca.engine.demo_daformer.DAFORMER_DEMO_OVERRIDES",
+            "daformer_budget_overrides": budget.all_daformer_overrides(),
             "threads": torch.get_num_threads(), "source_from": str(shared) if shared else None,
         },
     }  # fmt: skip

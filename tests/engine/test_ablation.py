@@ -17,6 +17,7 @@ TINY = AblationBudget(
     overrides=("source.iters=2", "source.poly_iters=2", "proca.iters=2", "proca.poly_iters=2",
                "source.batch_size=2", "proca.batch_size=2", "source.class_balanced=false",
                "proca.class_balanced=false"),
+    daformer_overrides=("daformer.iters=2", "daformer.crop_size=[32, 32]", "daformer.rcs_min_pixels=10"),
 )  # fmt: skip
 
 
@@ -52,6 +53,30 @@ def test_two_rows_one_seed_from_one_source_model(tmp_path: Path) -> None:
     assert (other / "seed0" / "source" / "source.safetensors").samefile(source)
     assert json.loads((other / "data" / "seed0" / "synthetic.json").read_text())["class_shift"] == 1.0
     assert shared["settings"]["source_from"] == str(tmp_path) and shared["table"][1]["seeds"] == 1
+
+
+def test_a_daformer_row_runs_its_stage_with_its_overrides(tmp_path: Path) -> None:
+    rows = tuple(row for row in ABLATION_ROWS if row.kind == "daformer")
+    assert [row.overrides for row in rows] == [
+        ("daformer.source_only=true",), ("daformer.prototype_contrast=none",),
+        ("daformer.prototype_contrast=prototype",), ("daformer.prototype_contrast=distribution",),
+    ]  # fmt: skip
+    row = rows[2]
+    summary = run_ablation(tmp_path, seeds=[0], rows=(row,), budget=TINY, progress=False, say=lambda m: None)
+    (entry,) = summary["table"]
+    assert entry["row"] == "DAFormer, prototype_contrast=prototype" and 0.0 <= entry["mean"] <= 100.0
+    row_dir = tmp_path / "seed0" / row.slug
+    assert (row_dir / "daformer.safetensors").is_file()
+    config = json.loads((row_dir / "config.json").read_text())
+    assert config["arch"] == "daformer_mit_b0" and config["seed"] == 0
+    assert config["daformer"]["prototype_contrast"] == "prototype" and not config["daformer"]["source_only"]
+    assert config["daformer"]["iters"] == 2 and config["daformer"]["crop_size"] == [32, 32]
+    assert config["daformer"]["source_size"] == [32, 64] and config["eval"]["input_size"] == [32, 64]
+    assert not (tmp_path / "seed0" / "source").exists()  # no ResNet source model is trained for it
+    assert (
+        "| DAFormer, prototype_contrast=prototype | `daformer.prototype_contrast=prototype` |"
+        in (tmp_path / "ablation.md").read_text()
+    )
 
 
 def test_summary_is_mean_and_sample_std() -> None:
