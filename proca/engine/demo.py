@@ -29,6 +29,7 @@ __all__ = [
     "QUICK_OVERRIDES",
     "QUICK_SETTINGS",
     "STRIP_TITLES",
+    "check_demo_outputs",
     "demo_config",
     "demo_overrides",
     "demo_settings",
@@ -258,6 +259,26 @@ def _adabn_row(source: Path, data: Path, cfg: Any) -> dict[str, Any]:
     return {"miou": miou, "seconds": round(time.perf_counter() - start, 2)}
 
 
+def check_demo_outputs(out: Path, json_path: Path | None, *, force: bool, finished_ok: bool = False) -> None:
+    """The demos' overwrite policy, checked before any work: ``--json`` is a file that does not exist yet and
+    ``--out`` is empty, unless ``force`` (which runs the demo again). ``finished_ok``: check ``--json`` only
+    (a finished demo in ``out`` may still be reported without training).
+
+    Raises:
+        OutputError: ``--json`` is a folder, or exists without ``force``.
+        ProcaError: ``--out`` holds an earlier demo and ``force`` is not set.
+    """
+    if json_path is not None and Path(json_path).is_dir():
+        raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
+    if json_path is not None and Path(json_path).exists() and not force:
+        raise OutputError(
+            f"--json {json_path} exists; choose another path, or pass --force to overwrite it (--force also runs "
+            "the demo again)"
+        )
+    if not finished_ok and Path(out).exists() and any(Path(out).iterdir()) and not force:
+        raise ProcaError(f"--out {out} already holds a demo; use --force to run it again, or another --out.")
+
+
 def run_demo(
     *,
     out: Path = Path("proca-demo"),
@@ -292,20 +313,13 @@ def run_demo(
 
     console = Console(stderr=True, highlight=False)
     out = Path(out)
-    if json_path is not None and Path(json_path).is_dir():
-        raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
-    if json_path is not None and Path(json_path).exists() and not force:
-        raise OutputError(
-            f"--json {json_path} exists; choose another path, or pass --force to overwrite it (--force also runs "
-            "the demo again)"
-        )
+    check_demo_outputs(out, json_path, force=force, finished_ok=True)
     earlier = _finished_summary(out, quick) if json_path is not None and not force else None
     if json_path is not None and earlier is not None:  # the demo in ``out`` is finished: no need to train again
         atomic_write_json(json_path, earlier)
         console.print(f"wrote the results of the demo in {out} to {json_path} (nothing retrained; --force reruns)")
         return earlier
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ProcaError(f"--out {out} already holds a demo; use --force to run it again, or another --out.")
+    check_demo_outputs(out, json_path, force=force)
     start = time.perf_counter()
     settings = demo_settings(quick)
     previous_threads = torch.get_num_threads()

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from proca.errors import OutputError, ProcaError
 from proca.io import atomic_write_json
 
 __all__ = ["DAFORMER_DEMO_OVERRIDES", "DAFORMER_DEMO_SETTINGS", "daformer_demo_config", "run_daformer_demo"]
@@ -89,15 +88,13 @@ def run_daformer_demo(
     from rich.table import Table
 
     from proca.data.synthetic import write_synthetic_datasets
+    from proca.engine.demo import check_demo_outputs
     from proca.engine.launch import DistInfo
     from proca.engine.train import run_pipeline, seeded_run
 
     console = Console(stderr=True, highlight=False)
     out = Path(out)
-    if json_path is not None and Path(json_path).is_dir():
-        raise OutputError(f"--json {json_path} is a folder; give a file name such as demo.json")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ProcaError(f"--out {out} already holds a demo; use --force to run it again, or another --out.")
+    check_demo_outputs(out, json_path, force=force)
     start, cpu_start = time.perf_counter(), time.process_time()
     previous_threads = torch.get_num_threads()
     if threads:

@@ -37,3 +37,18 @@ def test_daformer_demo_runs_source_only_and_adapted_and_writes_the_summary(
     assert all("mix_ce" not in r for r in source_only) and any("mix_ce" in r for r in adapted)
     again = CliRunner().invoke(app, ["demo", "--recipe", "daformer", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_daformer_demo_follows_the_demos_overwrite_policy(tmp_path: Path) -> None:
+    from proca.engine.demo_daformer import run_daformer_demo
+    from proca.errors import OutputError, ProcaError
+
+    existing = tmp_path / "demo.json"
+    existing.write_text("{}")
+    with pytest.raises(OutputError, match="exists; choose another path, or pass --force"):
+        run_daformer_demo(out=tmp_path / "new", json_path=existing)
+    assert existing.read_text() == "{}" and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "demo.json").write_text("{}")
+    with pytest.raises(ProcaError, match="already holds a demo"):
+        run_daformer_demo(out=tmp_path / "old")
