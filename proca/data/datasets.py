@@ -488,18 +488,10 @@ def _expand_input(item: str | os.PathLike[str]) -> list[tuple[Path, str]]:
             raise DataError(f"folder {path} holds no .png/.jpg/.jpeg/.webp images")
         return [(p, p.relative_to(path).with_suffix("").as_posix()) for p in found]
     if glob.has_magic(text):
-        matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-        found = [p for p in matches if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
-        if not found:
+        from proca.data.cards import expand_images  # one naming rule for globs: the path under the glob's base
+
+        named = expand_images(text)
+        if not named:
             raise DataError(f"the pattern {text!r} matches no .png/.jpg/.jpeg/.webp images")
-        base = Path(text.split("*")[0].split("?")[0].split("[")[0])
-        base = base if text.endswith(os.sep) or base.is_dir() else base.parent
-        out = []
-        for p in found:
-            try:
-                name = p.relative_to(base).with_suffix("").as_posix()
-            except ValueError:
-                name = p.stem
-            out.append((p, name))
-        return out
+        return named
     raise DataError(f"input {text!r} is neither an image file, a folder nor a glob pattern that matches images")
